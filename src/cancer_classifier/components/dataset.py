@@ -1,0 +1,40 @@
+"""Read the ingestion stage's outputs: the manifest, the class list and batches of images."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from cancer_classifier.modeling import resizing
+from cancer_classifier.utils.common import load_json
+
+
+def dataset_info(data_dir: Path) -> dict:
+    """``{"source", "demo", "classes"}`` as ingestion recorded them; class order is the label order."""
+    return load_json(Path(data_dir) / "data_report.json")["dataset"]
+
+
+def split_files(data_dir: Path, split: str) -> tuple[list[str], np.ndarray]:
+    """Image paths of one split and their integer labels (index into the dataset's classes)."""
+    classes = dataset_info(data_dir)["classes"]
+    with open(Path(data_dir) / "manifest.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["split"] == split]
+    paths = [str(Path(data_dir) / row["file"]) for row in rows]
+    return paths, np.array([classes.index(row["label"]) for row in rows], dtype=np.int64)
+
+
+def image_batches(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
+    """Decode in parallel, resize exactly as the model does, batch and prefetch (order preserved)."""
+    resize = resizing(image_size)
+
+    def load(path: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_png(tf.io.read_file(path), channels=3)
+        return resize(tf.cast(image, tf.float32))
+
+    return (
+        tf.data.Dataset.from_tensor_slices(paths)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -1,0 +1,156 @@
+"""Stage 3: train the head on cached frozen-base features, then optionally fine-tune end to end.
+
+While VGG16 is frozen its output for an image never changes, so the features of each image (and
+of a few augmented views of it) are computed once and the head trains on them in seconds instead
+of paying a full VGG16 pass per image per epoch.
+"""
+
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
+from cancer_classifier.entity import AugmentationConfig, TrainingConfig
+from cancer_classifier.modeling import feature_extractor, load_classifier, unfreeze_last_blocks
+from cancer_classifier.tracking import use_experiment
+from cancer_classifier.utils.common import atomic_directory, load_json, save_json
+from cancer_classifier.utils.logging import logger
+
+
+def augmenter(config: AugmentationConfig, seed: int) -> keras.Sequential:
+    """Random flips, rotations, zoom and contrast, active only when called with training=True."""
+    steps = []
+    if config.flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if config.rotation:
+        steps.append(keras.layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed))
+    if config.zoom:
+        steps.append(keras.layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed))
+    if config.contrast:
+        steps.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed))
+    return keras.Sequential(steps, name="augmentation")
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights: each class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=n_classes)
+    return {c: float(len(labels) / (n_classes * counts[c])) for c in range(n_classes) if counts[c]}
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        mlflow.log_metrics({f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
+
+
+class Training:
+    def __init__(self, config: TrainingConfig) -> None:
+        self.config = config
+        self.image_size = load_json(config.base_model_dir / "base_model_info.json")["image_size"]
+
+    def extract_features(self, extractor: keras.Model, paths: list[str], views: int) -> np.ndarray:
+        """Features of every image, for view 0 (as is) and ``views - 1`` augmented views, stacked."""
+        augment = augmenter(self.config.augmentation, self.config.seed)
+        batches = image_batches(paths, self.image_size, self.config.batch_size)
+        stacked = []
+        for view in range(views):
+            images = batches if view == 0 else batches.map(lambda x: augment(x, training=True))
+            logger.info("VGG16 features, view %d of %d (%d images)", view + 1, views, len(paths))
+            stacked.append(extractor.predict(images, verbose=1))
+        return np.concatenate(stacked)
+
+    def early_stopping(self) -> keras.callbacks.EarlyStopping:
+        return keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=self.config.early_stopping_patience, restore_best_weights=True
+        )
+
+    def train_head(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
+        config = self.config
+        (train_paths, y_train), (val_paths, y_val) = train, val
+        extractor = feature_extractor(model)
+        x_train = self.extract_features(extractor, train_paths, config.augmentation.views)
+        y_train = np.tile(y_train, config.augmentation.views)
+        x_val = self.extract_features(extractor, val_paths, 1)
+        head = model.get_layer("head")
+        head.get_layer("feature_norm").adapt(x_train)
+        head.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        history = head.fit(
+            x_train, y_train,
+            validation_data=(x_val, y_val),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            class_weight=class_weights(y_train, n_classes) if config.class_weights else None,
+            callbacks=[self.early_stopping(), MlflowEpochLogger("head_")],
+            verbose=2,
+        )
+        return history.history
+
+    def fine_tune(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
+        config = self.config
+        unfreeze_last_blocks(model, config.fine_tune_blocks)
+        model.compile(  # recompile after changing trainable, at a very low rate
+            optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        augment = augmenter(config.augmentation, config.seed)
+
+        def labelled(paths: list[str], labels: np.ndarray) -> tf.data.Dataset:
+            images = image_batches(paths, self.image_size, config.batch_size).unbatch()
+            return tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels))
+
+        train_ds = (
+            labelled(*train).shuffle(len(train[0]), seed=config.seed).batch(config.batch_size)
+            .map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        val_ds = labelled(*val).batch(config.batch_size)
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
+            class_weight=class_weights(train[1], n_classes) if config.class_weights else None,
+            callbacks=[self.early_stopping(), MlflowEpochLogger("fine_tune_")], verbose=2,
+        )
+        return history.history
+
+    def run(self) -> Path:
+        config = self.config
+        keras.utils.set_random_seed(config.seed)
+        info = dataset_info(config.data_dir)
+        classes = info["classes"]
+        model = load_classifier(config.base_model_dir / "base_model.keras")
+        train, val = split_files(config.data_dir, "train"), split_files(config.data_dir, "val")
+        experiment_id = use_experiment(config.tracking)
+        started = time.perf_counter()
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.set_tags({"stage": "training", "demo": str(info["demo"]).lower()})
+            history = {"head": self.train_head(model, train, val, len(classes))}
+            if config.fine_tune_blocks:
+                history["fine_tune"] = self.fine_tune(model, train, val, len(classes))
+        seconds = time.perf_counter() - started
+        with atomic_directory(config.root_dir) as out:
+            model.save(out / "model.keras")
+            save_json(out / "class_indices.json", {name: i for i, name in enumerate(classes)})
+            save_json(out / "history.json", history)
+            save_json(out / "training_info.json", {
+                "mlflow_run_id": run.info.run_id,
+                "seed": config.seed,
+                "train_images": len(train[0]),
+                "val_images": len(val[0]),
+                "feature_views": config.augmentation.views,
+                "head_epochs": len(history["head"]["loss"]),
+                "fine_tune_epochs": len(history.get("fine_tune", {}).get("loss", [])),
+                "train_seconds": round(seconds, 1),
+            })
+        logger.info("trained in %.0f s; model saved to %s", seconds, config.root_dir / "model.keras")
+        return config.root_dir / "model.keras"

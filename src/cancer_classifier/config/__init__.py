@@ -1,0 +1,3 @@
+from cancer_classifier.config.configuration import ConfigError, ConfigurationManager
+
+__all__ = ["ConfigError", "ConfigurationManager"]

@@ -1,0 +1,326 @@
+"""The only reader of config/config.yaml and params.yaml.
+
+Both files are checked against a schema (missing or unknown keys, wrong types) and for impossible
+values before any stage runs; every error names the file, the key and what was expected.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cancer_classifier.entity import (
+    AugmentationConfig,
+    DataIngestionConfig,
+    EvaluationConfig,
+    PrepareBaseModelConfig,
+    RegistryConfig,
+    SyntheticConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
+from cancer_classifier.utils.common import read_yaml
+
+CONFIG_FILE_PATH = Path("config/config.yaml")
+PARAMS_FILE_PATH = Path("params.yaml")
+
+VGG16_MIN_IMAGE_SIZE = 32
+VGG16_CONV_BLOCKS = 5
+PROMOTION_METRICS = ("roc_auc", "accuracy", "f1", "sensitivity", "specificity", "jaccard")
+
+NUMBER = (int, float)
+OPTIONAL_STR = (str, type(None))
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "artifacts_root": str,
+    "data_ingestion": {
+        "root_dir": str,
+        "source": str,
+        "source_sha256": OPTIONAL_STR,
+        "folder_separator": str,
+    },
+    "prepare_base_model": {"root_dir": str},
+    "training": {"root_dir": str},
+    "evaluation": {"root_dir": str, "scores_file": str},
+    "register": {"root_dir": str},
+    "tracking": {
+        "tracking_uri": str,
+        "artifact_location": str,
+        "experiment": str,
+        "registered_model": str,
+        "alias": str,
+    },
+}
+
+PARAMS_SCHEMA: dict[str, Any] = {
+    "data": {
+        "classes": list,
+        "positive_class": str,
+        "split": {"train": NUMBER, "val": NUMBER, "test": NUMBER},
+        "seed": int,
+        "near_duplicate_distance": int,
+        "synthetic": {"images_per_class": int, "image_size": int},
+    },
+    "base_model": {
+        "image_size": int,
+        "weights": str,
+        "pooling": str,
+        "dense_units": int,
+        "dropout": NUMBER,
+    },
+    "training": {
+        "seed": int,
+        "batch_size": int,
+        "epochs": int,
+        "learning_rate": NUMBER,
+        "early_stopping_patience": int,
+        "class_weights": bool,
+        "augmentation": {
+            "views": int,
+            "flip": bool,
+            "rotation": NUMBER,
+            "zoom": NUMBER,
+            "contrast": NUMBER,
+        },
+        "fine_tune": {"blocks": int, "epochs": int, "learning_rate": NUMBER},
+    },
+    "evaluation": {"promotion_metric": str, "bootstrap_resamples": int, "seed": int},
+}
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing a key, has an unknown one, or holds an impossible value."""
+
+
+def _type_names(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_schema(values: Any, schema: dict[str, Any], file: Path, prefix: str = "") -> None:
+    where = f"{file}: '{prefix.rstrip('.')}'" if prefix else f"{file}"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping with keys {sorted(schema)}")
+    missing = sorted(set(schema) - set(values))
+    unknown = sorted(set(values) - set(schema))
+    if missing:
+        raise ConfigError(f"{file}: missing key(s) {[prefix + k for k in missing]}")
+    if unknown:
+        raise ConfigError(
+            f"{file}: unknown key(s) {[prefix + k for k in unknown]}; "
+            f"expected only {sorted(prefix + k for k in schema)}"
+        )
+    for key, expected in schema.items():
+        value = values[key]
+        if isinstance(expected, dict):
+            _check_schema(value, expected, file, f"{prefix}{key}.")
+        # bool is an int subclass: true must not pass as a number, nor 1 as a flag.
+        elif isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            raise ConfigError(
+                f"{file}: '{prefix}{key}' must be {_type_names(expected)}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+
+
+class ConfigurationManager:
+    """Validate config.yaml and params.yaml and hand each stage its frozen settings."""
+
+    def __init__(
+        self,
+        config_path: Path = CONFIG_FILE_PATH,
+        params_path: Path = PARAMS_FILE_PATH,
+        project_root: Path | None = None,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.params_path = Path(params_path)
+        self.root = Path(project_root) if project_root else Path.cwd()
+        self.config = read_yaml(self.config_path).to_dict()
+        self.params = read_yaml(self.params_path).to_dict()
+        _check_schema(self.config, CONFIG_SCHEMA, self.config_path)
+        _check_schema(self.params, PARAMS_SCHEMA, self.params_path)
+        self._check_values()
+
+    # -- validation of values the schema cannot express ------------------------------------
+
+    def _fail_param(self, key: str, expected: str, value: Any) -> None:
+        raise ConfigError(f"{self.params_path}: '{key}' must be {expected}, got {value!r}")
+
+    def _check_values(self) -> None:
+        data, base, train = self.params["data"], self.params["base_model"], self.params["training"]
+        classes = data["classes"]
+        if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
+            self._fail_param("data.classes", "a list of at least two distinct class names", classes)
+        if data["positive_class"] not in classes:
+            self._fail_param("data.positive_class", f"one of data.classes {classes}", data["positive_class"])
+        split = data["split"]
+        if min(split.values()) <= 0 or abs(sum(split.values()) - 1) > 1e-6:
+            self._fail_param("data.split", "three fractions above 0 that sum to 1", split)
+        for key, value, low in [
+            ("data.near_duplicate_distance", data["near_duplicate_distance"], 0),
+            ("data.synthetic.images_per_class", data["synthetic"]["images_per_class"], 10),
+            ("data.synthetic.image_size", data["synthetic"]["image_size"], VGG16_MIN_IMAGE_SIZE),
+            ("base_model.image_size", base["image_size"], VGG16_MIN_IMAGE_SIZE),
+            ("base_model.dense_units", base["dense_units"], 1),
+            ("training.batch_size", train["batch_size"], 1),
+            ("training.epochs", train["epochs"], 1),
+            ("training.early_stopping_patience", train["early_stopping_patience"], 1),
+            ("training.augmentation.views", train["augmentation"]["views"], 1),
+            ("training.fine_tune.epochs", train["fine_tune"]["epochs"], 1),
+            ("evaluation.bootstrap_resamples", self.params["evaluation"]["bootstrap_resamples"], 100),
+        ]:
+            if value < low:
+                self._fail_param(key, f"at least {low}", value)
+        if not 0 <= train["fine_tune"]["blocks"] <= VGG16_CONV_BLOCKS:
+            self._fail_param("training.fine_tune.blocks", f"between 0 and {VGG16_CONV_BLOCKS}", train["fine_tune"]["blocks"])
+        if not 0 <= base["dropout"] < 1:
+            self._fail_param("base_model.dropout", "in [0, 1)", base["dropout"])
+        if base["pooling"] not in ("avg", "max"):
+            self._fail_param("base_model.pooling", "'avg' or 'max'", base["pooling"])
+        for key, value in [("learning_rate", train["learning_rate"]), ("fine_tune.learning_rate", train["fine_tune"]["learning_rate"])]:
+            if not value > 0:
+                self._fail_param(f"training.{key}", "a positive number", value)
+        for key in ("rotation", "zoom", "contrast"):
+            if not 0 <= train["augmentation"][key] < 1:
+                self._fail_param(f"training.augmentation.{key}", "in [0, 1)", train["augmentation"][key])
+        metric = self.params["evaluation"]["promotion_metric"]
+        if metric not in PROMOTION_METRICS:
+            self._fail_param("evaluation.promotion_metric", f"one of {PROMOTION_METRICS}", metric)
+        weights = base["weights"]
+        if weights not in ("imagenet", "none") and not self._path(weights).is_file():
+            self._fail_param(
+                "base_model.weights", "'imagenet', 'none' or the path of an existing weights file", weights
+            )
+        self._check_source()
+
+    def _check_source(self) -> None:
+        ingestion = self.config["data_ingestion"]
+        source, sha256 = ingestion["source"], ingestion["source_sha256"]
+        where = f"{self.config_path}: 'data_ingestion.source'"
+        if source.startswith(("http://", "https://")):
+            if not sha256:
+                raise ConfigError(
+                    f"{self.config_path}: 'data_ingestion.source_sha256' is required for a URL source, "
+                    "so a changed or corrupt download is never used"
+                )
+        elif source != "synthetic" and not self._path(source).exists():
+            raise ConfigError(
+                f"{where} is {source!r}, which does not exist; expected 'synthetic', a folder of class "
+                "subfolders, a .zip of such folders or an http(s) URL"
+            )
+        if sha256 is not None and (len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256.lower())):
+            raise ConfigError(f"{self.config_path}: 'data_ingestion.source_sha256' must be 64 hex digits, got {sha256!r}")
+
+    # -- entities --------------------------------------------------------------------------
+
+    def _path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def _dir(self, stage: str) -> Path:
+        return self._path(self.config[stage]["root_dir"])
+
+    def data_ingestion(self) -> DataIngestionConfig:
+        ingestion, data = self.config["data_ingestion"], self.params["data"]
+        source = ingestion["source"]
+        if source != "synthetic" and not source.startswith(("http://", "https://")):
+            source = str(self._path(source))
+        return DataIngestionConfig(
+            root_dir=self._dir("data_ingestion"),
+            source=source,
+            source_sha256=ingestion["source_sha256"],
+            folder_separator=ingestion["folder_separator"],
+            classes=tuple(data["classes"]),
+            split={k: float(v) for k, v in data["split"].items()},
+            seed=data["seed"],
+            near_duplicate_distance=data["near_duplicate_distance"],
+            synthetic=SyntheticConfig(**data["synthetic"]),
+        )
+
+    def prepare_base_model(self) -> PrepareBaseModelConfig:
+        base = self.params["base_model"]
+        weights = base["weights"] if base["weights"] in ("imagenet", "none") else str(self._path(base["weights"]))
+        return PrepareBaseModelConfig(
+            root_dir=self._dir("prepare_base_model"),
+            data_dir=self._dir("data_ingestion"),
+            image_size=base["image_size"],
+            weights=weights,
+            pooling=base["pooling"],
+            dense_units=base["dense_units"],
+            dropout=float(base["dropout"]),
+        )
+
+    def training(self) -> TrainingConfig:
+        train = self.params["training"]
+        augmentation = train["augmentation"]
+        return TrainingConfig(
+            root_dir=self._dir("training"),
+            data_dir=self._dir("data_ingestion"),
+            base_model_dir=self._dir("prepare_base_model"),
+            seed=train["seed"],
+            batch_size=train["batch_size"],
+            epochs=train["epochs"],
+            learning_rate=float(train["learning_rate"]),
+            early_stopping_patience=train["early_stopping_patience"],
+            class_weights=train["class_weights"],
+            augmentation=AugmentationConfig(
+                views=augmentation["views"],
+                flip=augmentation["flip"],
+                rotation=float(augmentation["rotation"]),
+                zoom=float(augmentation["zoom"]),
+                contrast=float(augmentation["contrast"]),
+            ),
+            fine_tune_blocks=train["fine_tune"]["blocks"],
+            fine_tune_epochs=train["fine_tune"]["epochs"],
+            fine_tune_learning_rate=float(train["fine_tune"]["learning_rate"]),
+            tracking=self.tracking(),
+        )
+
+    def evaluation(self) -> EvaluationConfig:
+        evaluation = self.params["evaluation"]
+        return EvaluationConfig(
+            root_dir=self._dir("evaluation"),
+            data_dir=self._dir("data_ingestion"),
+            model_dir=self._dir("training"),
+            scores_path=self._path(self.config["evaluation"]["scores_file"]),
+            positive_class=self.params["data"]["positive_class"],
+            bootstrap_resamples=evaluation["bootstrap_resamples"],
+            seed=evaluation["seed"],
+        )
+
+    def tracking(self) -> TrackingConfig:
+        tracking = self.config["tracking"]
+        # The environment wins so that DagsHub or a team server is opt-in without editing files.
+        server = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = server or tracking["tracking_uri"]
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = f"sqlite:///{self._path(uri.removeprefix('sqlite:///'))}"
+        return TrackingConfig(
+            tracking_uri=uri,
+            # A server keeps its own artifact store; the local folder is only for the local store.
+            artifact_location=None if server else self._path(tracking["artifact_location"]).as_uri(),
+            experiment=tracking["experiment"],
+            registered_model=tracking["registered_model"],
+            alias=tracking["alias"],
+        )
+
+    def registry(self) -> RegistryConfig:
+        return RegistryConfig(
+            root_dir=self._dir("register"),
+            data_dir=self._dir("data_ingestion"),
+            base_model_dir=self._dir("prepare_base_model"),
+            model_dir=self._dir("training"),
+            evaluation_dir=self._dir("evaluation"),
+            scores_path=self._path(self.config["evaluation"]["scores_file"]),
+            promotion_metric=self.params["evaluation"]["promotion_metric"],
+            params=_flatten(self.params),
+            tracking=self.tracking(),
+        )

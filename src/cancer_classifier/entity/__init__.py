@@ -1,0 +1,21 @@
+from cancer_classifier.entity.config_entity import (
+    AugmentationConfig,
+    DataIngestionConfig,
+    EvaluationConfig,
+    PrepareBaseModelConfig,
+    RegistryConfig,
+    SyntheticConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
+
+__all__ = [
+    "AugmentationConfig",
+    "DataIngestionConfig",
+    "EvaluationConfig",
+    "PrepareBaseModelConfig",
+    "RegistryConfig",
+    "SyntheticConfig",
+    "TrackingConfig",
+    "TrainingConfig",
+]

@@ -1,0 +1,98 @@
+"""Frozen, typed settings for each pipeline stage, built only by the ConfigurationManager."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    images_per_class: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class DataIngestionConfig:
+    root_dir: Path
+    source: str  # "synthetic", a folder, a .zip or an http(s) URL
+    source_sha256: str | None
+    folder_separator: str
+    classes: tuple[str, ...]
+    split: dict[str, float]
+    seed: int
+    near_duplicate_distance: int
+    synthetic: SyntheticConfig
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+
+@dataclass(frozen=True)
+class PrepareBaseModelConfig:
+    root_dir: Path
+    data_dir: Path  # ingestion output: tells the number of classes and whether the data is a demo
+    image_size: int
+    weights: str  # "imagenet", "none" or a path to a weights file
+    pooling: str
+    dense_units: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    views: int
+    flip: bool
+    rotation: float
+    zoom: float
+    contrast: float
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    root_dir: Path
+    data_dir: Path
+    base_model_dir: Path
+    seed: int
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    early_stopping_patience: int
+    class_weights: bool
+    augmentation: AugmentationConfig
+    fine_tune_blocks: int
+    fine_tune_epochs: int
+    fine_tune_learning_rate: float
+    tracking: "TrackingConfig"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    root_dir: Path
+    data_dir: Path
+    model_dir: Path
+    scores_path: Path
+    positive_class: str
+    bootstrap_resamples: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str
+    artifact_location: str | None
+    experiment: str
+    registered_model: str
+    alias: str
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    root_dir: Path
+    data_dir: Path
+    base_model_dir: Path
+    model_dir: Path
+    evaluation_dir: Path
+    scores_path: Path
+    promotion_metric: str
+    params: dict[str, str]  # params.yaml flattened ("training.epochs": "60"), logged with the run
+    tracking: TrackingConfig

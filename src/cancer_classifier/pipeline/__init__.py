@@ -1,0 +1,1 @@
+"""Thin stage entry points: ``python -m cancer_classifier.pipeline.<stage>``."""
