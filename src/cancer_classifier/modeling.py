@@ -11,6 +11,7 @@ import numpy as np
 from keras import layers
 
 VGG16_FEATURES = 512
+NOT_FOR_CLINICAL_USE = "Research and demonstration only. Not a medical device; not for clinical use."
 # Caffe-style VGG16 preprocessing: RGB -> BGR, minus the ImageNet channel means (BGR order).
 VGG16_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -80,3 +81,8 @@ def unfreeze_last_blocks(model: keras.Model, blocks: int) -> None:
 
 def load_classifier(path: Path) -> keras.Model:
     return keras.models.load_model(path, compile=False)
+
+
+def intended_use(demo: bool) -> str:
+    """The notice every model carries: in its metadata, its MLflow tags, the app and the API."""
+    return ("DEMO model trained on synthetic phantoms, not on patient images. " if demo else "") + NOT_FOR_CLINICAL_USE

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import mlflow.tensorflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -14,12 +15,10 @@ from mlflow.tracking import MlflowClient
 
 from cancer_classifier.components.dataset import image_batches, split_files
 from cancer_classifier.entity import RegistryConfig
-from cancer_classifier.modeling import load_classifier
+from cancer_classifier.modeling import intended_use, load_classifier
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
-
-NOT_FOR_CLINICAL_USE = "Research and demonstration only. Not a medical device; not for clinical use."
 
 
 def git_commit() -> str:
@@ -50,7 +49,7 @@ class ModelRegistry:
         demo = evaluation["demo"]
         tags = {
             "demo": str(demo).lower(),
-            "intended_use": ("DEMO model trained on synthetic phantoms. " if demo else "") + NOT_FOR_CLINICAL_USE,
+            "intended_use": intended_use(demo),
             "git_commit": git_commit(),
             "data_manifest_sha256": sha256_file(config.data_dir / "manifest.csv"),
             "base_weights": base["weights"],
@@ -79,7 +78,7 @@ class ModelRegistry:
         classes = list(load_json(self.config.model_dir / "class_indices.json"))
         example_path = split_files(self.config.data_dir, "test")[0][:1]
         example = next(iter(image_batches(example_path, 64, 1))).numpy()  # any size: the model resizes
-        info = mlflow.keras.log_model(
+        info = mlflow.tensorflow.log_model(
             model,
             name="model",
             signature=infer_signature(example, model.predict(example, verbose=0)),

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
 from cancer_classifier.entity import AugmentationConfig, TrainingConfig
-from cancer_classifier.modeling import feature_extractor, load_classifier, unfreeze_last_blocks
+from cancer_classifier.modeling import feature_extractor, intended_use, load_classifier, unfreeze_last_blocks
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
@@ -141,6 +141,13 @@ class Training:
         with atomic_directory(config.root_dir) as out:
             model.save(out / "model.keras")
             save_json(out / "class_indices.json", {name: i for i, name in enumerate(classes)})
+            save_json(out / "model_metadata.json", {
+                "classes": classes,
+                "image_size": self.image_size,
+                "demo": info["demo"],
+                "data_source": info["source"],
+                "intended_use": intended_use(info["demo"]),
+            })
             save_json(out / "history.json", history)
             save_json(out / "training_info.json", {
                 "mlflow_run_id": run.info.run_id,
