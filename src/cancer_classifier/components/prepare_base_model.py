@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import keras
+
 from cancer_classifier.components.dataset import dataset_info
 from cancer_classifier.entity import PrepareBaseModelConfig
 from cancer_classifier.modeling import build_classifier
@@ -25,6 +27,7 @@ class PrepareBaseModel:
     def run(self) -> Path:
         config = self.config
         classes = dataset_info(config.data_dir)["classes"]
+        keras.utils.set_random_seed(config.seed)
         model = build_classifier(
             config.image_size, len(classes), config.weights, config.pooling, config.dense_units, config.dropout
         )

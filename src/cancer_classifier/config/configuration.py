@@ -14,6 +14,7 @@ from cancer_classifier.entity import (
     EvaluationConfig,
     PrepareBaseModelConfig,
     RegistryConfig,
+    ServingConfig,
     SyntheticConfig,
     TrackingConfig,
     TrainingConfig,
@@ -42,6 +43,12 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "training": {"root_dir": str},
     "evaluation": {"root_dir": str, "scores_file": str},
     "register": {"root_dir": str},
+    "serving": {
+        "model_dir": str,
+        "registration_file": str,
+        "max_upload_mb": NUMBER,
+        "dicom_window": {"center": NUMBER, "width": NUMBER},
+    },
     "tracking": {
         "tracking_uri": str,
         "artifact_location": str,
@@ -61,6 +68,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "synthetic": {"images_per_class": int, "image_size": int},
     },
     "base_model": {
+        "seed": int,
         "image_size": int,
         "weights": str,
         "pooling": str,
@@ -200,6 +208,11 @@ class ConfigurationManager:
                 "base_model.weights", "'imagenet', 'none' or the path of an existing weights file", weights
             )
         self._check_source()
+        serving = self.config["serving"]
+        if not serving["max_upload_mb"] > 0 or not serving["dicom_window"]["width"] > 0:
+            raise ConfigError(
+                f"{self.config_path}: 'serving.max_upload_mb' and 'serving.dicom_window.width' must be positive"
+            )
 
     def _check_source(self) -> None:
         ingestion = self.config["data_ingestion"]
@@ -251,6 +264,7 @@ class ConfigurationManager:
         return PrepareBaseModelConfig(
             root_dir=self._dir("prepare_base_model"),
             data_dir=self._dir("data_ingestion"),
+            seed=base["seed"],
             image_size=base["image_size"],
             weights=weights,
             pooling=base["pooling"],
@@ -310,6 +324,18 @@ class ConfigurationManager:
             experiment=tracking["experiment"],
             registered_model=tracking["registered_model"],
             alias=tracking["alias"],
+        )
+
+    def serving(self) -> ServingConfig:
+        serving = self.config["serving"]
+        return ServingConfig(
+            model_dir=self._path(serving["model_dir"]),
+            registration_file=self._path(serving["registration_file"]),
+            max_upload_bytes=int(serving["max_upload_mb"] * 1024 * 1024),
+            dicom_window_center=float(serving["dicom_window"]["center"]),
+            dicom_window_width=float(serving["dicom_window"]["width"]),
+            use_registry=bool(os.environ.get("MLFLOW_TRACKING_URI")),
+            tracking=self.tracking(),
         )
 
     def registry(self) -> RegistryConfig:

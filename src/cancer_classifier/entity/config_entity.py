@@ -31,6 +31,7 @@ class DataIngestionConfig:
 class PrepareBaseModelConfig:
     root_dir: Path
     data_dir: Path  # ingestion output: tells the number of classes and whether the data is a demo
+    seed: int
     image_size: int
     weights: str  # "imagenet", "none" or a path to a weights file
     pooling: str
@@ -95,4 +96,15 @@ class RegistryConfig:
     scores_path: Path
     promotion_metric: str
     params: dict[str, str]  # params.yaml flattened ("training.epochs": "60"), logged with the run
+    tracking: TrackingConfig
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    model_dir: Path  # local artifacts: model.keras, model_metadata.json, class_indices.json
+    registration_file: Path  # the register stage's record of the version, if it ran
+    max_upload_bytes: int
+    dicom_window_center: float
+    dicom_window_width: float
+    use_registry: bool  # True when MLFLOW_TRACKING_URI is set: serve models:/<name>@<alias>
     tracking: TrackingConfig

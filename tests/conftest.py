@@ -1,0 +1,86 @@
+"""Shared fixtures: small configs in tmp folders, a tiny trained pipeline, and the shared real data."""
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cancer_classifier.config import ConfigurationManager
+
+REPO = Path(__file__).resolve().parents[1]
+# One setting finds the read-only real data (chest CT, DICOM, pretrained weights).
+SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()
+STAGE_DIRS = ("data_ingestion", "prepare_base_model", "training", "evaluation", "register")
+
+# Small enough for seconds on two CPU cores, large enough to learn the phantoms.
+TINY_PARAMS = {
+    "data": {"synthetic": {"images_per_class": 30, "image_size": 96}},
+    "base_model": {"image_size": 64, "dense_units": 16},
+    "training": {"epochs": 25, "early_stopping_patience": 5, "augmentation": {"views": 1}},
+    "evaluation": {"bootstrap_resamples": 200},
+}
+
+
+def shared_path(relative: str) -> Path:
+    """A file or folder under ../shared, or skip the test with the reason."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} not found: set CANCER_CLASSIFIER_SHARED to the shared data folder")
+    return path
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and key in merged else value
+    return merged
+
+
+def write_project(root: Path, config: dict | None = None, params: dict | None = None) -> tuple[Path, Path]:
+    """The repo's config.yaml and params.yaml with overrides, every output under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    base_config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    for stage in STAGE_DIRS:
+        base_config[stage]["root_dir"] = str(root / "artifacts" / stage)
+    base_config["evaluation"]["scores_file"] = str(root / "scores.json")
+    base_config["serving"]["model_dir"] = str(root / "artifacts/training")
+    base_config["serving"]["registration_file"] = str(root / "artifacts/register/registration.json")
+    base_config["tracking"] |= {"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_location": str(root / "mlruns")}
+    config_path, params_path = root / "config.yaml", root / "params.yaml"
+    config_path.write_text(yaml.safe_dump(merge(base_config, config or {})))
+    base_params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params_path.write_text(yaml.safe_dump(merge(base_params, params or {})))
+    return config_path, params_path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Build a ConfigurationManager for a temporary project: ``project(config=..., params=...)``."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def make(config: dict | None = None, params: dict | None = None) -> ConfigurationManager:
+        return ConfigurationManager(*write_project(tmp_path, config, merge(TINY_PARAMS, params or {})), project_root=tmp_path)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> ConfigurationManager:
+    """The whole pipeline, run once on tiny synthetic data: every stage's real outputs."""
+    from cancer_classifier.components.data_ingestion import DataIngestion
+    from cancer_classifier.components.evaluation import Evaluation
+    from cancer_classifier.components.prepare_base_model import PrepareBaseModel
+    from cancer_classifier.components.registry import ModelRegistry
+    from cancer_classifier.components.training import Training
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    root = tmp_path_factory.mktemp("trained")
+    manager = ConfigurationManager(*write_project(root, None, TINY_PARAMS), project_root=root)
+    DataIngestion(manager.data_ingestion()).run()
+    PrepareBaseModel(manager.prepare_base_model()).run()
+    Training(manager.training()).run()
+    Evaluation(manager.evaluation()).run()
+    ModelRegistry(manager.registry()).run()
+    return manager
