@@ -1,0 +1,53 @@
+"""gunicorn settings: ``gunicorn app:app`` picks this file up from the project folder.
+
+Environment: PORT (default 8080), WEB_CONCURRENCY (workers, default 2), GUNICORN_TIMEOUT
+(seconds, default 120), PROMETHEUS_MULTIPROC_DIR (metrics files; a fresh temp folder by default).
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "sync"  # one request at a time per worker: the model is CPU-bound
+# VGG16 on a small CPU: loading and a Grad-CAM request take seconds, not milliseconds.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+graceful_timeout = 30
+keepalive = 5
+# Off: each worker imports the app and loads the model itself, after the fork. TensorFlow
+# state does not survive fork() reliably, and a master without TensorFlow stays small.
+preload_app = False
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = 50 if max_requests else 0
+accesslog = None  # the app writes one JSON line per request itself
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+limit_request_line = 4094
+limit_request_fields = 100
+
+# Several workers need prometheus_client's multiprocess mode, chosen when prometheus_client is
+# first imported: set the folder here, in the master, before any worker imports the app.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if not _metrics_dir:
+    _metrics_dir = tempfile.mkdtemp(prefix="cancer-classifier-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def on_starting(server):
+    """Start from an empty metrics folder: stale files from an earlier run would be counted."""
+    folder = Path(_metrics_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in folder.iterdir():
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (model_loaded, model_load_seconds) from /metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

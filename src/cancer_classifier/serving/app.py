@@ -1,0 +1,162 @@
+"""The application factory: ``create_app(test_config=None)``.
+
+It reads the serving settings through the ConfigurationManager, loads one Predictor (or records
+why it cannot: the app still starts, answers /health, and says what to do), and registers the
+blueprints, the JSON error handler, request logging and metrics. There is no training route.
+
+test_config keys (all optional): any Flask setting, plus
+``SERVING_CONFIG`` (a ServingConfig to use instead of config/config.yaml),
+``PREDICTOR`` (an already-loaded Predictor to serve) and
+``MODEL_RETRY_SECONDS`` (how often a missing model is looked for again; default 30).
+"""
+
+import re
+import threading
+import time
+import uuid
+from io import BytesIO
+from pathlib import Path
+
+from flask import Flask, Request, g, request
+
+from cancer_classifier.entity import ServingConfig
+from cancer_classifier.serving import metrics
+from cancer_classifier.serving.errors import ServiceUnavailable, register_error_handlers
+from cancer_classifier.serving.inputs import Window
+from cancer_classifier.serving.logs import configure_json_logging
+from cancer_classifier.serving.predictor import ModelUnavailable, Predictor
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/cancer_classifier/serving/app.py -> repo
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class InMemoryRequest(Request):
+    """Uploaded files stay in memory (bounded by MAX_CONTENT_LENGTH), never in a temp file."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return BytesIO()
+
+
+class ModelHolder:
+    """The app's one Predictor, or the reason there is none; looks again now and then if missing."""
+
+    def __init__(self, config: ServingConfig | None, retry_seconds: float, predictor: Predictor | None = None) -> None:
+        self.config = config
+        self.retry_seconds = retry_seconds
+        self.predictor = predictor
+        self.reason = "" if predictor else "the model has not been loaded yet"
+        self._last_attempt = float("-inf")
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._lock:
+            if self.predictor is not None or self.config is None:
+                return
+            self._last_attempt = time.monotonic()
+            try:
+                self.predictor = Predictor.from_config(self.config)
+            except ModelUnavailable as error:
+                self.reason = str(error)
+                metrics.MODEL_LOADED.set(0)
+                return
+            self.reason = ""
+            metrics.MODEL_LOADED.set(1)
+            metrics.MODEL_LOAD_SECONDS.set(self.predictor.load_seconds or 0)
+
+    def get(self) -> Predictor | None:
+        if self.predictor is None and time.monotonic() - self._last_attempt >= self.retry_seconds:
+            self.load()
+        return self.predictor
+
+    def require(self) -> Predictor:
+        predictor = self.get()
+        if predictor is None:
+            raise ServiceUnavailable(f"no model is being served: {self.reason}")
+        return predictor
+
+
+def _serving_config() -> ServingConfig:
+    from cancer_classifier.config import ConfigurationManager
+
+    return ConfigurationManager().serving()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    test_config = dict(test_config or {})
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.request_class = InMemoryRequest
+    app.json.sort_keys = False  # probabilities keep the model's class order
+    predictor = test_config.pop("PREDICTOR", None)
+    config = test_config.pop("SERVING_CONFIG", None) or (None if predictor else _serving_config())
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=config.max_upload_bytes if config else 10 * 1024 * 1024,
+        MODEL_RETRY_SECONDS=30.0,
+    )
+    app.config.update(test_config)
+    app.extensions["serving_config"] = config
+    app.extensions["dicom_window"] = (
+        Window(config.dicom_window_center, config.dicom_window_width) if config else Window(-600.0, 1500.0)
+    )
+
+    access_log = configure_json_logging()
+    holder = ModelHolder(config, float(app.config["MODEL_RETRY_SECONDS"]), predictor)
+    if predictor is not None:
+        metrics.MODEL_LOADED.set(1)
+    else:
+        holder.load()  # once per process: under gunicorn, once per worker (preload is off)
+    app.extensions["model"] = holder
+
+    register_error_handlers(app)
+    _register_request_hooks(app, access_log)
+
+    from cancer_classifier.serving.routes import api, pages
+
+    app.register_blueprint(pages)
+    app.register_blueprint(api)
+    return app
+
+
+def _register_request_hooks(app: Flask, access_log) -> None:
+    @app.before_request
+    def start_timer():
+        g.start = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def finish(response):
+        elapsed = time.perf_counter() - g.get("start", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        status = str(response.status_code)
+        metrics.REQUESTS.labels(endpoint, request.method, status).inc()
+        metrics.LATENCY.labels(endpoint, status).observe(elapsed)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        )
+        if endpoint != "/static/<path:filename>":
+            response.headers.setdefault("Cache-Control", "no-store")
+        predictor = app.extensions["model"].predictor
+        fields = {
+            "request_id": g.get("request_id"),
+            "method": request.method,
+            "endpoint": endpoint,
+            "status": response.status_code,
+            "latency_ms": round(elapsed * 1000, 1),
+            "model_version": predictor.info.version if predictor else None,
+        }
+        for key in ("label", "input_kind", "error"):
+            if key in g:
+                fields[key] = g.get(key)
+        if endpoint not in ("/static/<path:filename>",):
+            access_log.info("request", extra={"fields": fields})
+        return response
+

@@ -1,0 +1,71 @@
+"""Grad-CAM for the classifier, after keras-io ``examples/vision/grad_cam.py``.
+
+The gradient of the chosen class score with respect to the last conv layer's activations
+(``block5_conv3``), averaged per channel, weights those activations into a heatmap scaled 0-1.
+VGG16 is nested inside the classifier, so instead of one sub-model to
+[conv activations, predictions] the model is run in two parts: raw pixels -> conv activations,
+then conv activations -> probabilities through the very same layers.
+"""
+
+import io
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+LAST_CONV_LAYER = "block5_conv3"
+BASE_LAYER = "vgg16"
+# The classifier's layers before and after the nested VGG16 (see cancer_classifier.modeling).
+LAYERS_BEFORE_BASE = ("resize", "vgg16_preprocess")
+LAYERS_AFTER_BASE = ("pooling", "head")
+
+
+class GradCam:
+    def __init__(self, model: keras.Model, last_conv_layer: str = LAST_CONV_LAYER) -> None:
+        base = model.get_layer(BASE_LAYER)
+        self.before = [model.get_layer(name) for name in LAYERS_BEFORE_BASE]
+        self.to_conv = keras.Model(base.inputs, base.get_layer(last_conv_layer).output, name="to_last_conv")
+        names = [layer.name for layer in base.layers]
+        self.conv_to_features = base.layers[names.index(last_conv_layer) + 1 :]  # VGG16 is a plain chain
+        self.after = [model.get_layer(name) for name in LAYERS_AFTER_BASE]
+
+    def __call__(self, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmap (h, w) in 0..1 at the conv layer's resolution, and the probabilities (n_classes,)."""
+        x = tf.convert_to_tensor(image[None].astype("float32"))
+        for layer in self.before:
+            x = layer(x)
+        with tf.GradientTape() as tape:
+            conv = self.to_conv(x, training=False)
+            tape.watch(conv)
+            y = conv
+            for layer in self.conv_to_features + self.after:
+                y = layer(y, training=False)
+            probabilities = y
+            index = int(tf.argmax(probabilities[0])) if class_index is None else class_index
+            class_score = probabilities[:, index]
+        grads = tape.gradient(class_score, conv)
+        pooled = tf.reduce_mean(grads, axis=(0, 1, 2))  # one weight per channel
+        heatmap = tf.squeeze(conv[0] @ pooled[..., tf.newaxis], axis=-1)
+        heatmap = tf.maximum(heatmap, 0)
+        top = float(tf.reduce_max(heatmap))
+        heatmap = heatmap / top if top > 0 else heatmap  # all-zero when nothing supports the class
+        return heatmap.numpy().astype("float32"), probabilities[0].numpy()
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The heatmap in the jet colour map, resized to the image and blended onto it: (H, W, 3) uint8."""
+    from matplotlib import colormaps
+
+    jet = colormaps["jet"](np.arange(256))[:, :3]
+    colored = jet[np.uint8(np.clip(heatmap, 0, 1) * 255)]  # (h, w, 3) in 0..1
+    height, width = image.shape[:2]
+    colored = Image.fromarray(np.uint8(colored * 255)).resize((width, height), Image.Resampling.BILINEAR)
+    blended = np.asarray(colored, dtype=np.float32) * alpha + image.astype(np.float32) * (1 - alpha)
+    return np.uint8(np.clip(blended, 0, 255))
+
+
+def to_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,47 @@
+"""Prometheus metrics: requests and latency by endpoint and status, predictions by class, model load.
+
+With several gunicorn workers each process keeps its own counters; when PROMETHEUS_MULTIPROC_DIR is
+set (gunicorn.conf.py sets it) prometheus_client writes them to files there and ``/metrics``
+aggregates every worker's. The variable must be set before prometheus_client is imported.
+"""
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "http_requests_total", "HTTP requests by endpoint, method and status.", ["endpoint", "method", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds", "Request latency by endpoint and status.", ["endpoint", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+PREDICTIONS = Counter("predictions_total", "Predictions served, by predicted class.", ["label"], registry=REGISTRY)
+MODEL_LOAD_SECONDS = Gauge(
+    "model_load_seconds", "Seconds the last successful model load took (per worker).",
+    multiprocess_mode="liveall", registry=REGISTRY,
+)
+MODEL_LOADED = Gauge(
+    "model_loaded", "1 when a model is loaded and serving, else 0 (per worker).",
+    multiprocess_mode="liveall", registry=REGISTRY,
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric, aggregated over worker processes when multiprocess."""
+    path = multiprocess_dir()
+    if path:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,112 @@
+"""Blueprints: the upload page, and the JSON API (/predict, /health, /ready, /metrics)."""
+
+import base64
+import binascii
+
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
+
+from cancer_classifier.serving import metrics
+from cancer_classifier.serving.errors import SUPPORTED_TYPES, BadRequest, UnsupportedMediaType
+from cancer_classifier.serving.inputs import to_rgb
+
+pages = Blueprint("pages", __name__)
+api = Blueprint("api", __name__)
+
+TRUE = ("1", "true", "yes", "on")
+
+
+def _holder():
+    return current_app.extensions["model"]
+
+
+@pages.get("/")
+def index():
+    holder = _holder()
+    predictor = holder.get()
+    return render_template(
+        "index.html",
+        model=predictor.info if predictor else None,
+        reason=holder.reason,
+        max_upload_mb=current_app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024,
+    )
+
+
+@api.get("/health")
+def health():
+    """Liveness: the process answers. Cheap, never touches the model."""
+    return jsonify(status="ok")
+
+
+@api.get("/ready")
+def ready():
+    """Readiness: 200 with the model's identity once it is loaded, else 503 with the reason."""
+    holder = _holder()
+    predictor = holder.get()
+    if predictor is None:
+        return jsonify(status="unavailable", reason=holder.reason), 503
+    info = predictor.info
+    return jsonify(
+        status="ready",
+        model={**info.public(), "source": info.source, "promoted": info.promoted, "classes": list(info.classes)},
+        intended_use=info.intended_use,
+    )
+
+
+@api.get("/metrics")
+def prometheus_metrics():
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+def _upload_bytes() -> bytes:
+    """The image bytes from multipart field ``file`` or JSON ``{"image": "<base64>"}``."""
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest("multipart upload without a 'file' field: send the image as field 'file'")
+        return upload.read()
+    if mimetype == "application/json":
+        charset = request.mimetype_params.get("charset", "utf-8").lower()
+        if charset not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(f"JSON must be UTF-8, not {charset[:20]!r}")
+        payload = request.get_json(silent=True)
+        if payload is None:
+            raise BadRequest('malformed JSON: expected {"image": "<base64-encoded PNG, JPEG or DICOM>"}')
+        if not isinstance(payload, dict) or set(payload) != {"image"}:
+            raise BadRequest('expected a JSON object with exactly one key, "image", holding base64-encoded file bytes')
+        encoded = payload["image"]
+        if not isinstance(encoded, str):
+            raise BadRequest('"image" must be a base64 string')
+        if encoded.startswith("data:") and "," in encoded:  # a data URL straight from a browser
+            encoded = encoded.split(",", 1)[1]
+        try:
+            return base64.b64decode("".join(encoded.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest('"image" is not valid base64') from None
+    raise UnsupportedMediaType(
+        f"unsupported request content type {mimetype or 'none'!r}: send multipart/form-data with field 'file', "
+        f'or application/json {{"image": "<base64>"}}, holding a {SUPPORTED_TYPES} file'
+    )
+
+
+@api.post("/predict")
+def predict():
+    predictor = _holder().require()
+    explain = request.args.get("explain", "").lower() in TRUE
+    data = _upload_bytes()
+    image, kind = to_rgb(data, current_app.extensions["dicom_window"])
+    del data
+    g.input_kind = kind
+    result = predictor.predict(image, explain=explain)
+    g.label = result["label"]
+    metrics.PREDICTIONS.labels(result["label"]).inc()
+    body = {
+        "label": result["label"],
+        "probabilities": result["probabilities"],
+        "model": predictor.info.public(),
+        "intended_use": predictor.info.intended_use,
+    }
+    if explain:
+        body["gradcam_png"] = base64.b64encode(result["gradcam_png"]).decode("ascii")
+    return jsonify(body)

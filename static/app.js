@@ -1,0 +1,159 @@
+// Upload page: pick or drop a file, preview it, POST it to /predict, show bars and Grad-CAM.
+// No framework, no CDN: works offline.
+(function () {
+  "use strict";
+  const form = document.getElementById("upload-form");
+  if (!form) return; // no model: the page only explains how to get one
+  const input = document.getElementById("file-input");
+  const zone = document.getElementById("drop-zone");
+  const submit = document.getElementById("submit");
+  const explain = document.getElementById("explain");
+  const errorBox = document.getElementById("error");
+  const preview = document.getElementById("preview");
+  const previewImg = document.getElementById("preview-img");
+  const previewCaption = document.getElementById("preview-caption");
+  const result = document.getElementById("result");
+  const label = document.getElementById("label");
+  const bars = document.getElementById("bars");
+  const gradcam = document.getElementById("gradcam");
+  const gradcamImg = document.getElementById("gradcam-img");
+  let file = null;
+  let previewUrl = null;
+
+  function showError(message) {
+    errorBox.textContent = message;
+    errorBox.hidden = false;
+  }
+
+  function clearError() {
+    errorBox.hidden = true;
+    errorBox.textContent = "";
+  }
+
+  function choose(selected) {
+    clearError();
+    result.hidden = true;
+    file = selected || null;
+    submit.disabled = !file;
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    if (!file) {
+      preview.hidden = true;
+      return;
+    }
+    const isBrowserImage = /^image\/(png|jpeg)$/.test(file.type);
+    if (isBrowserImage) {
+      previewUrl = URL.createObjectURL(file);
+      previewImg.src = previewUrl;
+      previewImg.hidden = false;
+      previewCaption.textContent = file.name;
+    } else {
+      previewImg.removeAttribute("src");
+      previewImg.hidden = true;
+      previewCaption.textContent = file.name + " (no browser preview; the Grad-CAM view shows the image as the model saw it)";
+    }
+    preview.hidden = false;
+  }
+
+  input.addEventListener("change", function () {
+    choose(input.files && input.files[0]);
+  });
+
+  // The label opens the picker on click; make Enter and Space do the same from the keyboard.
+  zone.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      input.click();
+    }
+  });
+
+  ["dragenter", "dragover"].forEach(function (name) {
+    zone.addEventListener(name, function (event) {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+  });
+  ["dragleave", "drop"].forEach(function (name) {
+    zone.addEventListener(name, function (event) {
+      event.preventDefault();
+      zone.classList.remove("dragging");
+    });
+  });
+  zone.addEventListener("drop", function (event) {
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) choose(files[0]);
+  });
+
+  function percent(p) {
+    return (p * 100).toFixed(1) + "%";
+  }
+
+  function render(body) {
+    label.textContent = body.label;
+    bars.replaceChildren();
+    Object.entries(body.probabilities)
+      .sort(function (a, b) { return b[1] - a[1]; })
+      .forEach(function (entry) {
+        const row = document.createElement("li");
+        row.className = "bar-row" + (entry[0] === body.label ? " top" : "");
+        const name = document.createElement("span");
+        name.className = "bar-name";
+        name.textContent = entry[0];
+        const track = document.createElement("span");
+        track.className = "bar-track";
+        track.setAttribute("role", "meter");
+        track.setAttribute("aria-valuemin", "0");
+        track.setAttribute("aria-valuemax", "100");
+        track.setAttribute("aria-valuenow", (entry[1] * 100).toFixed(1));
+        track.setAttribute("aria-label", entry[0] + " probability");
+        const fill = document.createElement("span");
+        fill.className = "bar-fill";
+        fill.style.display = "block";
+        fill.style.width = percent(entry[1]);
+        track.appendChild(fill);
+        const value = document.createElement("span");
+        value.className = "bar-value";
+        value.textContent = percent(entry[1]);
+        row.append(name, track, value);
+        bars.appendChild(row);
+      });
+    if (body.gradcam_png) {
+      gradcamImg.src = "data:image/png;base64," + body.gradcam_png;
+      gradcam.hidden = false;
+    } else {
+      gradcam.hidden = true;
+    }
+    result.hidden = false;
+  }
+
+  form.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    if (!file) return;
+    clearError();
+    submit.disabled = true;
+    submit.textContent = "Classifying…";
+    const data = new FormData();
+    data.append("file", file);
+    try {
+      const url = form.action + (explain.checked ? "?explain=1" : "");
+      const response = await fetch(url, { method: "POST", body: data, headers: { Accept: "application/json" } });
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (ignored) {
+        body = null;
+      }
+      if (!response.ok) {
+        showError((body && body.error) || "The server answered " + response.status + ".");
+        result.hidden = true;
+        return;
+      }
+      render(body);
+    } catch (error) {
+      showError("Could not reach the server: " + error.message);
+    } finally {
+      submit.disabled = !file;
+      submit.textContent = "Classify";
+    }
+  });
+})();

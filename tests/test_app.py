@@ -1,0 +1,334 @@
+"""The web app and JSON API, through Flask's test client, on the model the tiny pipeline trained."""
+
+import base64
+import dataclasses
+import io
+import json
+import logging
+import struct
+import zlib
+
+import numpy as np
+import pydicom
+import pytest
+from flask import Flask
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from cancer_classifier.modeling import load_classifier
+from cancer_classifier.serving import create_app
+from cancer_classifier.serving.inputs import Window, dicom_to_rgb
+from cancer_classifier.utils.common import load_json
+from cancer_classifier.utils.images import decode_image
+from tests.conftest import shared_path
+
+LUNG = Window(-600, 1500)
+SBU_SLICE = "data/dicom/covid19-ny-sbu/A048383/axial/19001231-30.dcm"
+JPEG_LOSSLESS = "data/dicom/barre-ct-mono2-16-chest/CT_JPEG70.dcm"
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serving(trained_project):
+    return trained_project.serving()
+
+
+@pytest.fixture(scope="module")
+def app(serving) -> Flask:
+    # One app for the module: loading VGG16 per test would cost seconds each.
+    return create_app({"TESTING": True, "SERVING_CONFIG": serving})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def metadata(serving) -> dict:
+    return load_json(serving.model_dir / "model_metadata.json")
+
+
+@pytest.fixture(scope="module")
+def png_bytes(trained_project) -> bytes:
+    test_images = sorted((trained_project.data_ingestion().root_dir).rglob("*.png"))
+    assert test_images, "the tiny pipeline wrote no images"
+    return test_images[0].read_bytes()
+
+
+@pytest.fixture
+def records():
+    """Every log record the package writes during the test (model loading, requests, errors)."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    handler = Keep()
+    package = logging.getLogger("cancer_classifier")
+    package.addHandler(handler)
+    yield seen
+    package.removeHandler(handler)
+
+
+def upload(client, data: bytes, name: str = "image.png", explain: bool = False):
+    url = "/predict?explain=1" if explain else "/predict"
+    return client.post(url, data={"file": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+
+
+def png_of(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height and holds no pixels: tiny bytes, huge image."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def dicom_bytes(stored: np.ndarray, photometric: str = "MONOCHROME2", modality: str = "CT", pixels: bool = True) -> bytes:
+    """A minimal valid CT DICOM file (preamble, DICM, Explicit VR Little Endian) in memory."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID = "Secret^Patient", "PID-424242"
+    ds.Modality = modality
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    if pixels:
+        ds.PixelData = stored.astype("<i2").tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def assert_json_error(response, status: int) -> dict:
+    assert response.status_code == status, response.data[:500]
+    assert response.is_json
+    body = response.get_json()
+    assert isinstance(body.get("error"), str) and body["error"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+# -- the factory and the plain routes ---------------------------------------------------------
+
+
+def test_factory_applies_test_config_and_upload_limit(app, serving):
+    assert app.testing
+    assert app.config["MAX_CONTENT_LENGTH"] == serving.max_upload_bytes
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    assert {"/", "/predict", "/health", "/ready", "/metrics"} <= rules
+    assert not any("train" in rule for rule in rules), "serving must offer no training route"
+
+
+def test_health_and_ready(client, metadata):
+    assert client.get("/health").get_json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    body = ready.get_json()
+    assert body["status"] == "ready"
+    assert body["model"]["name"] == "chest-ct-classifier"
+    assert body["model"]["version"] == "1"  # the register stage's first version
+    assert body["model"]["classes"] == metadata["classes"]
+    assert "not for clinical use" in body["intended_use"]
+
+
+def test_page_shows_demo_banner_upload_form_and_offline_assets(client, metadata):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert metadata["demo"] and "DEMO" in html
+    assert metadata["intended_use"] in html
+    assert 'type="file"' in html and 'name="file"' in html
+    assert "http://" not in html and "https://" not in html, "no CDN: the page must work offline"
+    for asset in ("/static/app.css", "/static/app.js"):
+        assert asset in html
+        assert client.get(asset).status_code == 200
+
+
+def test_security_headers_and_request_id(client):
+    response = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    forged = client.get("/health", headers={"X-Request-ID": "<script>; evil"})
+    assert forged.headers["X-Request-ID"] != "<script>; evil"
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("GET", "/predict", 405), ("POST", "/train", 404)])
+def test_unknown_routes_answer_json(client, method, path, status):
+    assert_json_error(client.open(path, method=method), status)
+
+
+# -- predictions ------------------------------------------------------------------------------
+
+
+def test_predict_upload(client, png_bytes, metadata):
+    response = upload(client, png_bytes)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert list(body["probabilities"]) == metadata["classes"]
+    assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["model"] == {"name": "chest-ct-classifier", "version": "1", "demo": True}
+    assert body["intended_use"] == metadata["intended_use"]
+    assert "gradcam_png" not in body
+
+
+def test_predict_json_base64_matches_upload(client, png_bytes):
+    by_json = client.post("/predict", json={"image": base64.b64encode(png_bytes).decode()})
+    assert by_json.status_code == 200
+    assert by_json.get_json()["probabilities"] == upload(client, png_bytes).get_json()["probabilities"]
+
+
+def test_predict_explain_returns_gradcam_png_of_the_image_size(client, png_bytes):
+    body = upload(client, png_bytes, explain=True).get_json()
+    overlay = decode_image(base64.b64decode(body["gradcam_png"]))
+    assert overlay.shape == decode_image(png_bytes).shape
+
+
+def test_served_prediction_equals_the_saved_model(client, serving, png_bytes):
+    """Same file, same numbers: the app adds no preprocessing of its own."""
+    model = load_classifier(serving.model_dir / "model.keras")
+    classes = load_json(serving.model_dir / "model_metadata.json")["classes"]
+    expected = model.predict(decode_image(png_bytes)[None].astype("float32"), verbose=0)[0]
+    served = upload(client, png_bytes).get_json()["probabilities"]
+    np.testing.assert_allclose([served[c] for c in classes], expected, atol=1e-5)
+
+    dicom = shared_path(SBU_SLICE).read_bytes()
+    expected = model.predict(dicom_to_rgb(dicom, LUNG)[None].astype("float32"), verbose=0)[0]
+    served = upload(client, dicom, "slice.dcm").get_json()["probabilities"]
+    np.testing.assert_allclose([served[c] for c in classes], expected, atol=1e-5)
+
+
+# -- bad input: always JSON 4xx, never a stack trace ------------------------------------------
+
+
+
+BAD_UPLOADS = {
+    "empty file": (lambda serving: b"", 400),
+    "text named .png": (lambda serving: b"just some text, not a picture\n" * 10, 415),
+    "truncated png": (lambda serving: png_of(np.full((64, 64, 3), 128, np.uint8))[:60], 400),
+    "20000x20000 png (bomb guard)": (lambda serving: png_header_only(20000, 20000), 400),
+    "gif (unsupported type)": (lambda serving: b"GIF89a" + b"\0" * 100, 415),
+    "truncated dicom": (lambda serving: dicom_bytes(np.zeros((8, 8)))[:200], 400),
+    "dicom without pixels": (lambda serving: dicom_bytes(np.zeros((8, 8)), pixels=False), 400),
+    "larger than the upload limit": (lambda serving: b"\0" * (serving.max_upload_bytes + 1), 413),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_get_json_errors(client, serving, case):
+    make, status = BAD_UPLOADS[case]
+    assert_json_error(upload(client, make(serving), "upload.png"), status)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        ("{not json", "application/json", 400),
+        ("[1, 2]", "application/json", 400),
+        ("{}", "application/json", 400),
+        ('{"img": "aGVsbG8="}', "application/json", 400),
+        ('{"image": "aGVsbG8=", "extra": 1}', "application/json", 400),
+        ('{"image": 42}', "application/json", 400),
+        ('{"image": "not base64 !!"}', "application/json", 400),
+        ('{"image": "aGVsbG8="}', "application/json", 415),  # base64 of "hello": not an image
+        ('{"image": "aGVsbG8="}', "application/json; charset=latin-1", 415),
+        ("hello", "text/plain", 415),
+        ("", None, 415),
+    ],
+)
+def test_bad_requests_get_json_errors(client, body, content_type, status):
+    assert_json_error(client.post("/predict", data=body, content_type=content_type), status)
+
+
+def test_multipart_without_file_field(client):
+    body = assert_json_error(client.post("/predict", data={"image": "x"}, content_type="multipart/form-data"), 400)
+    assert "'file'" in body["error"]
+
+
+# -- DICOM ------------------------------------------------------------------------------------
+
+
+def test_dicom_window_rescale_and_monochrome1():
+    # stored + intercept -1024 -> HU -1024, -550, 150, 976; lung window [-1350, 150] -> 0..1
+    stored = np.array([[0, 474], [1174, 2000]])
+    gray = dicom_to_rgb(dicom_bytes(stored), LUNG)
+    assert gray.shape == (2, 2, 3) and gray.dtype == np.uint8
+    np.testing.assert_array_equal(gray[..., 0], [[55, 136], [255, 255]])
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    inverted = dicom_to_rgb(dicom_bytes(stored, photometric="MONOCHROME1"), LUNG)
+    np.testing.assert_array_equal(inverted[..., 0], 255 - gray[..., 0])
+
+
+@pytest.mark.parametrize("source", ["shared slice", "pydicom CT_small"])
+def test_predict_dicom(client, source, metadata):
+    path = shared_path(SBU_SLICE) if source == "shared slice" else pydicom.examples.get_path("ct")
+    response = upload(client, path.read_bytes(), "slice.bin")  # judged by content, not name
+    assert response.status_code == 200, response.get_json()
+    assert set(response.get_json()["probabilities"]) == set(metadata["classes"])
+
+
+def test_compressed_dicom_decodes_or_says_what_to_install(client):
+    response = upload(client, shared_path(JPEG_LOSSLESS).read_bytes(), "scout.dcm")
+    if response.status_code == 200:  # a JPEG plugin (pylibjpeg or gdcm) is installed
+        assert "label" in response.get_json()
+    else:
+        body = assert_json_error(response, 415)
+        assert "1.2.840.10008.1.2.4.70" in body["error"] and "pip install pylibjpeg" in body["error"]
+
+
+def test_no_patient_identifiers_in_replies_or_logs(client, records):
+    replies = [upload(client, dicom_bytes(np.zeros((16, 16)))), upload(client, dicom_bytes(np.zeros((8, 8)))[:300])]
+    replies.append(upload(client, pydicom.examples.get_path("ct").read_bytes(), "x.dcm"))
+    text = " ".join(r.get_data(as_text=True) for r in replies)
+    text += " ".join(record.getMessage() + json.dumps(getattr(record, "fields", {})) for record in records)
+    for identifier in ("Secret", "PID-424242", "CompressedSamples", "1CT1"):
+        assert identifier not in text
+    logged = [r for r in records if r.name.endswith("access")]
+    assert len(logged) == 3
+    assert {"request_id", "endpoint", "status", "latency_ms", "model_version"} <= set(logged[0].fields)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_metrics_count_requests_predictions_and_model_load(client, png_bytes):
+    label = upload(client, png_bytes).get_json()["label"]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'http_requests_total{endpoint="/predict",method="POST",status="200"}' in text
+    assert 'http_request_duration_seconds_bucket{endpoint="/predict",le="0.5",status="200"}' in text
+    assert f'predictions_total{{label="{label}"}}' in text
+    assert "model_load_seconds" in text and "model_loaded 1.0" in text
+
+
+# -- no model yet -----------------------------------------------------------------------------
+
+
+def test_without_a_model_the_app_starts_and_says_run_dvc_repro(serving, tmp_path, png_bytes):
+    empty = dataclasses.replace(serving, model_dir=tmp_path / "training", registration_file=tmp_path / "none.json")
+    client = create_app({"TESTING": True, "SERVING_CONFIG": empty}).test_client()
+    assert client.get("/health").status_code == 200
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and "dvc repro" in ready.get_json()["reason"]
+    assert "dvc repro" in assert_json_error(upload(client, png_bytes), 503)["error"]
+    page = client.get("/")
+    assert page.status_code == 200 and "dvc repro" in page.get_data(as_text=True)
