@@ -30,7 +30,8 @@ limit_request_fields = 100
 # Several workers need prometheus_client's multiprocess mode, chosen when prometheus_client is
 # first imported: set the folder here, in the master, before any worker imports the app.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if not _metrics_dir:
+_created_metrics_dir = not _metrics_dir
+if _created_metrics_dir:
     _metrics_dir = tempfile.mkdtemp(prefix="cancer-classifier-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
@@ -51,3 +52,9 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this file created (one given through the environment is kept)."""
+    if _created_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -19,6 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from cancer_classifier.modeling import load_classifier
 from cancer_classifier.serving import create_app
 from cancer_classifier.serving.inputs import Window, dicom_to_rgb
+from cancer_classifier.serving.predictor import MAX_SIDE, Predictor, limit_size
 from cancer_classifier.utils.common import load_json
 from cancer_classifier.utils.images import decode_image
 from tests.conftest import shared_path
@@ -92,10 +93,11 @@ def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
-def dicom_bytes(stored: np.ndarray, photometric: str = "MONOCHROME2", modality: str = "CT", pixels: bool = True) -> bytes:
+def dicom_bytes(stored: np.ndarray, photometric: str = "MONOCHROME2", pixels: bool = True) -> bytes:
     """A minimal valid CT DICOM file (preamble, DICM, Explicit VR Little Endian) in memory."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -105,7 +107,7 @@ def dicom_bytes(stored: np.ndarray, photometric: str = "MONOCHROME2", modality: 
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID = "Secret^Patient", "PID-424242"
-    ds.Modality = modality
+    ds.Modality = "CT"
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated = ds.BitsStored = 16
@@ -172,7 +174,9 @@ def test_security_headers_and_request_id(client):
     assert forged.headers["X-Request-ID"] != "<script>; evil"
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("GET", "/predict", 405), ("POST", "/train", 404)])
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/nope", 404), ("GET", "/predict", 405), ("POST", "/train", 404)]
+)
 def test_unknown_routes_answer_json(client, method, path, status):
     assert_json_error(client.open(path, method=method), status)
 
@@ -204,18 +208,33 @@ def test_predict_explain_returns_gradcam_png_of_the_image_size(client, png_bytes
     assert overlay.shape == decode_image(png_bytes).shape
 
 
-def test_served_prediction_equals_the_saved_model(client, serving, png_bytes):
-    """Same file, same numbers: the app adds no preprocessing of its own."""
-    model = load_classifier(serving.model_dir / "model.keras")
-    classes = load_json(serving.model_dir / "model_metadata.json")["classes"]
-    expected = model.predict(decode_image(png_bytes)[None].astype("float32"), verbose=0)[0]
-    served = upload(client, png_bytes).get_json()["probabilities"]
-    np.testing.assert_allclose([served[c] for c in classes], expected, atol=1e-5)
+@pytest.fixture(scope="module")
+def saved_model(serving):
+    return load_classifier(serving.model_dir / "model.keras")
 
+
+def assert_served_equals_saved(client, saved_model, metadata, data: bytes, pixels: np.ndarray) -> None:
+    """Same file, same numbers: the app adds no preprocessing of its own."""
+    expected = saved_model.predict(pixels[None].astype("float32"), verbose=0)[0]
+    served = upload(client, data, "file.bin").get_json()["probabilities"]
+    np.testing.assert_allclose([served[c] for c in metadata["classes"]], expected, atol=1e-5)
+
+
+def test_served_prediction_equals_the_saved_model(client, saved_model, metadata, png_bytes):
+    assert_served_equals_saved(client, saved_model, metadata, png_bytes, decode_image(png_bytes))
+
+
+@pytest.mark.real_data
+def test_served_dicom_prediction_equals_the_saved_model(client, saved_model, metadata):
     dicom = shared_path(SBU_SLICE).read_bytes()
-    expected = model.predict(dicom_to_rgb(dicom, LUNG)[None].astype("float32"), verbose=0)[0]
-    served = upload(client, dicom, "slice.dcm").get_json()["probabilities"]
-    np.testing.assert_allclose([served[c] for c in classes], expected, atol=1e-5)
+    assert_served_equals_saved(client, saved_model, metadata, dicom, dicom_to_rgb(dicom, LUNG))
+
+
+def test_very_large_images_are_downscaled_before_the_model():
+    tall = limit_size(np.zeros((3000, 1000, 3), dtype=np.uint8))
+    assert tall.shape == (MAX_SIDE, 683, 3)
+    ct_slice = np.zeros((512, 512, 3), dtype=np.uint8)
+    assert limit_size(ct_slice) is ct_slice
 
 
 # -- bad input: always JSON 4xx, never a stack trace ------------------------------------------
@@ -279,7 +298,7 @@ def test_dicom_window_rescale_and_monochrome1():
     np.testing.assert_array_equal(inverted[..., 0], 255 - gray[..., 0])
 
 
-@pytest.mark.parametrize("source", ["shared slice", "pydicom CT_small"])
+@pytest.mark.parametrize("source", [pytest.param("shared slice", marks=pytest.mark.real_data), "pydicom CT_small"])
 def test_predict_dicom(client, source, metadata):
     path = shared_path(SBU_SLICE) if source == "shared slice" else pydicom.examples.get_path("ct")
     response = upload(client, path.read_bytes(), "slice.bin")  # judged by content, not name
@@ -287,6 +306,7 @@ def test_predict_dicom(client, source, metadata):
     assert set(response.get_json()["probabilities"]) == set(metadata["classes"])
 
 
+@pytest.mark.real_data
 def test_compressed_dicom_decodes_or_says_what_to_install(client):
     response = upload(client, shared_path(JPEG_LOSSLESS).read_bytes(), "scout.dcm")
     if response.status_code == 200:  # a JPEG plugin (pylibjpeg or gdcm) is installed
@@ -332,3 +352,42 @@ def test_without_a_model_the_app_starts_and_says_run_dvc_repro(serving, tmp_path
     assert "dvc repro" in assert_json_error(upload(client, png_bytes), 503)["error"]
     page = client.get("/")
     assert page.status_code == 200 and "dvc repro" in page.get_data(as_text=True)
+
+
+# -- the MLflow registry ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_tracking_uri():
+    """The registry loader points MLflow at the configured store; put back what was there."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(before)
+
+
+@pytest.mark.usefixtures("restore_tracking_uri")
+def test_registry_alias_is_served_when_tracking_is_configured(serving, png_bytes, metadata):
+    """With use_registry (MLFLOW_TRACKING_URI set) the app serves models:/<name>@<alias>."""
+    from mlflow.tracking import MlflowClient
+
+    predictor = Predictor.from_config(dataclasses.replace(serving, use_registry=True))
+    champion = MlflowClient().get_model_version_by_alias(serving.tracking.registered_model, serving.tracking.alias)
+    version = str(champion.version)
+    assert predictor.info.source == "registry"
+    assert (predictor.info.name, predictor.info.version) == (serving.tracking.registered_model, version)
+    assert predictor.info.demo is True and predictor.info.classes == tuple(metadata["classes"])
+    assert "not for clinical use" in predictor.info.intended_use
+    client = create_app({"TESTING": True, "PREDICTOR": predictor}).test_client()
+    body = upload(client, png_bytes).get_json()
+    assert body["model"] == {"name": serving.tracking.registered_model, "version": version, "demo": True}
+
+
+@pytest.mark.usefixtures("restore_tracking_uri")
+def test_registry_without_the_model_is_a_clear_503(serving, tmp_path):
+    tracking = dataclasses.replace(serving.tracking, tracking_uri=f"sqlite:///{tmp_path}/empty.db")
+    config = dataclasses.replace(serving, use_registry=True, tracking=tracking)
+    ready = create_app({"TESTING": True, "SERVING_CONFIG": config}).test_client().get("/ready")
+    assert ready.status_code == 503
+    assert "models:/chest-ct-classifier@champion" in ready.get_json()["reason"]

@@ -25,6 +25,7 @@ from cancer_classifier.serving.errors import ServiceUnavailable, register_error_
 from cancer_classifier.serving.inputs import Window
 from cancer_classifier.serving.logs import configure_json_logging
 from cancer_classifier.serving.predictor import ModelUnavailable, Predictor
+from cancer_classifier.utils.logging import logger
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/cancer_classifier/serving/app.py -> repo
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -57,6 +58,11 @@ class ModelHolder:
                 self.predictor = Predictor.from_config(self.config)
             except ModelUnavailable as error:
                 self.reason = str(error)
+                metrics.MODEL_LOADED.set(0)
+                return
+            except Exception:  # e.g. the warm-up prediction failed: keep serving /health and say so
+                logger.exception("the model could not be loaded")
+                self.reason = "the model could not be loaded (see the server log); retrain it with `dvc repro`"
                 metrics.MODEL_LOADED.set(0)
                 return
             self.reason = ""
@@ -140,7 +146,8 @@ def _register_request_hooks(app: Flask, access_log) -> None:
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault(
             "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+            "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'",
         )
         if endpoint != "/static/<path:filename>":
             response.headers.setdefault("Cache-Control", "no-store")

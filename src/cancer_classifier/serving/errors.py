@@ -57,7 +57,7 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"the upload is larger than the {limit / 1024 / 1024:g} MB limit" if limit else "the upload is too large"
+            message = f"the upload is larger than the {limit / 1024 / 1024:g} MB limit" if limit else "too large"
         else:
             message = error.description or error.name
         g.error = message

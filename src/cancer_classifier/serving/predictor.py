@@ -94,7 +94,9 @@ class Predictor:
         except Exception:
             logger.exception("loading the model from %s failed", config.model_dir)
             raise ModelUnavailable(f"the model could not be loaded (see the server log): {RUN_PIPELINE_HINT}") from None
-        name, version, promoted = cls._registration(config.registration_file, model_path, config.tracking.registered_model)
+        name, version, promoted = cls._registration(
+            config.registration_file, model_path, config.tracking.registered_model
+        )
         info = ModelInfo(
             name=name,
             version=version,

@@ -1,0 +1,62 @@
+"""Grad-CAM on the model the tiny pipeline trained: a heatmap in 0..1 and an overlay PNG."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cancer_classifier.modeling import load_classifier
+from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
+from cancer_classifier.utils.images import decode_image
+
+
+@pytest.fixture(scope="module")
+def model(trained_project):
+    return load_classifier(trained_project.serving().model_dir / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def image(trained_project) -> np.ndarray:
+    path = sorted(trained_project.data_ingestion().root_dir.rglob("*.png"))[0]
+    return decode_image(path.read_bytes())
+
+
+def test_heatmap_is_scaled_0_1_at_the_last_conv_resolution(model, image):
+    heatmap, probabilities = GradCam(model)(image)
+    size = model.get_layer("resize").output.shape[1]
+    assert heatmap.shape == (size // 16, size // 16)  # block5_conv3 sits after four 2x poolings
+    assert heatmap.dtype == np.float32
+    assert heatmap.min() >= 0 and heatmap.max() <= 1
+    assert heatmap.max() in (0, pytest.approx(1))
+
+
+def test_split_model_gives_the_models_own_probabilities(model, image):
+    """Running the model in two parts around block5_conv3 must not change its output."""
+    _, probabilities = GradCam(model)(image)
+    expected = model.predict(image[None].astype("float32"), verbose=0)[0]
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_each_class_gets_its_own_heatmap(model, image):
+    cam = GradCam(model)
+    first, _ = cam(image, class_index=0)
+    second, _ = cam(image, class_index=1)
+    assert first.shape == second.shape
+    assert not np.allclose(first, second)
+
+
+def test_overlay_blends_the_jet_heatmap_onto_the_image_size():
+    image = np.full((50, 70, 3), 100, dtype=np.uint8)
+    heatmap = np.zeros((4, 4), dtype=np.float32)
+    blended = overlay(image, heatmap, alpha=0.4)
+    assert blended.shape == image.shape and blended.dtype == np.uint8
+    # jet at 0 is dark blue (0, 0, 0.5): 0.4 * (0, 0, 127) + 0.6 * 100
+    np.testing.assert_allclose(blended[25, 35], [60, 60, 111], atol=1)
+    hot = overlay(image, np.ones((4, 4), dtype=np.float32), alpha=0.4)
+    assert hot[25, 35, 0] > hot[25, 35, 2]  # jet at 1 is red
+
+
+def test_png_round_trip():
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(to_png(image)))), image)
