@@ -75,7 +75,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> ConfigurationMa
     from cancer_classifier.components.registry import ModelRegistry
     from cancer_classifier.components.training import Training
 
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own local store
     root = tmp_path_factory.mktemp("trained")
     manager = ConfigurationManager(*write_project(root, None, TINY_PARAMS), project_root=root)
     DataIngestion(manager.data_ingestion()).run()

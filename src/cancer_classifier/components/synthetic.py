@@ -15,7 +15,7 @@ from tqdm import tqdm
 HEALTHY_CLASS = "normal"
 # (radius range as a fraction of the image size, distance from the lung centre, 0 centre .. 1 edge)
 NODULE_PROFILES = [
-    ((0.035, 0.06), (0.55, 0.85)),  # small, peripheral
+    ((0.05, 0.075), (0.5, 0.85)),  # medium, peripheral
     ((0.07, 0.10), (0.0, 0.5)),  # large, central
     ((0.045, 0.07), (0.0, 0.3)),  # medium, near the hilum
     ((0.03, 0.05), (0.3, 0.8)),
