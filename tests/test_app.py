@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import logging
+import shutil
 import struct
 import zlib
 
@@ -337,7 +338,7 @@ def test_metrics_count_requests_predictions_and_model_load(client, png_bytes):
     assert 'http_requests_total{endpoint="/predict",method="POST",status="200"}' in text
     assert 'http_request_duration_seconds_bucket{endpoint="/predict",le="0.5",status="200"}' in text
     assert f'predictions_total{{label="{label}"}}' in text
-    assert "model_load_seconds" in text and "model_loaded 1.0" in text
+    assert "model_load_seconds" in text and "model_loaded" in text
 
 
 # -- no model yet -----------------------------------------------------------------------------
@@ -345,13 +346,20 @@ def test_metrics_count_requests_predictions_and_model_load(client, png_bytes):
 
 def test_without_a_model_the_app_starts_and_says_run_dvc_repro(serving, tmp_path, png_bytes):
     empty = dataclasses.replace(serving, model_dir=tmp_path / "training", registration_file=tmp_path / "none.json")
-    client = create_app({"TESTING": True, "SERVING_CONFIG": empty}).test_client()
+    client = create_app({"TESTING": True, "SERVING_CONFIG": empty, "MODEL_RETRY_SECONDS": 0}).test_client()
     assert client.get("/health").status_code == 200
     ready = client.get("/ready")
     assert ready.status_code == 503 and "dvc repro" in ready.get_json()["reason"]
     assert "dvc repro" in assert_json_error(upload(client, png_bytes), 503)["error"]
     page = client.get("/")
     assert page.status_code == 200 and "dvc repro" in page.get_data(as_text=True)
+
+    # Once the pipeline has written a model the app serves it without a restart.
+    shutil.copytree(serving.model_dir, empty.model_dir)
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.get_json()["model"]["version"] == "unregistered"  # no registration record
+    assert upload(client, png_bytes).status_code == 200
 
 
 # -- the MLflow registry ----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from cancer_classifier.utils.logging import logger
 # Larger uploads are downscaled (antialiased) before the model, bounding memory per request;
 # the model resizes to its own input size anyway. CT slices (512 x 512) are never touched.
 MAX_SIDE = 2048
-RUN_PIPELINE_HINT = "run `dvc repro` to train and register one, then restart the app"
+RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register one"
 
 
 class ModelUnavailable(Exception):

@@ -28,6 +28,7 @@ def index():
         model=predictor.info if predictor else None,
         reason=holder.reason,
         max_upload_mb=current_app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024,
+        retry_seconds=holder.retry_seconds,
     )
 
 
