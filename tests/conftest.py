@@ -39,7 +39,11 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def write_project(root: Path, config: dict | None = None, params: dict | None = None) -> tuple[Path, Path]:
-    """The repo's config.yaml and params.yaml with overrides, every output under ``root``."""
+    """The repo's config.yaml and params.yaml with overrides, every output under ``root``.
+
+    They land where the ConfigurationManager looks by default (``config/config.yaml`` and
+    ``params.yaml``), so a process started in ``root`` (gunicorn, dvc) finds them too.
+    """
     root.mkdir(parents=True, exist_ok=True)
     base_config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     for stage in STAGE_DIRS:
@@ -48,7 +52,8 @@ def write_project(root: Path, config: dict | None = None, params: dict | None = 
     base_config["serving"]["model_dir"] = str(root / "artifacts/training")
     base_config["serving"]["registration_file"] = str(root / "artifacts/register/registration.json")
     base_config["tracking"] |= {"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_location": str(root / "mlruns")}
-    config_path, params_path = root / "config.yaml", root / "params.yaml"
+    config_path, params_path = root / "config" / "config.yaml", root / "params.yaml"
+    config_path.parent.mkdir(exist_ok=True)
     config_path.write_text(yaml.safe_dump(merge(base_config, config or {})))
     base_params = yaml.safe_load((REPO / "params.yaml").read_text())
     params_path.write_text(yaml.safe_dump(merge(base_params, params or {})))

@@ -32,7 +32,6 @@ NUMBER = (int, float)
 OPTIONAL_STR = (str, type(None))
 
 CONFIG_SCHEMA: dict[str, Any] = {
-    "artifacts_root": str,
     "data_ingestion": {
         "root_dir": str,
         "source": str,
