@@ -41,6 +41,18 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {c: float(len(labels) / (n_classes * counts[c])) for c in range(n_classes) if counts[c]}
 
 
+def fit_normalization(layer: keras.layers.Normalization, features: np.ndarray) -> None:
+    """Standardise each feature with training-set statistics.
+
+    A feature that is (nearly) constant in training, such as a ReLU unit that never fired, keeps a
+    typical scale instead of being divided by ~0, which would turn any unseen value into a huge logit.
+    """
+    mean, variance = features.mean(axis=0), features.var(axis=0)
+    typical = float(np.median(variance[variance > 0])) if (variance > 0).any() else 1.0
+    variance = np.where(variance < 1e-2 * typical, typical, variance)
+    layer.set_weights([mean, variance, np.array(len(features), dtype=layer.weights[2].dtype)])
+
+
 class MlflowEpochLogger(keras.callbacks.Callback):
     def __init__(self, prefix: str) -> None:
         super().__init__()
@@ -79,7 +91,7 @@ class Training:
         y_train = np.tile(y_train, config.augmentation.views)
         x_val = self.extract_features(extractor, val_paths, 1)
         head = model.get_layer("head")
-        head.get_layer("feature_norm").adapt(x_train)
+        fit_normalization(head.get_layer("feature_norm"), x_train)
         head.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
             loss="sparse_categorical_crossentropy",
