@@ -51,6 +51,7 @@ def fit_normalization(layer: keras.layers.Normalization, features: np.ndarray) -
     typical = float(np.median(variance[variance > 0])) if (variance > 0).any() else 1.0
     variance = np.where(variance < 1e-2 * typical, typical, variance)
     layer.set_weights([mean, variance, np.array(len(features), dtype=layer.weights[2].dtype)])
+    layer.finalize_state()  # the layer computes with tensors derived from these weights
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
