@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from cancer_classifier.components.dataset import image_batches, split_files
 from cancer_classifier.entity import RegistryConfig
 from cancer_classifier.modeling import intended_use, load_classifier
+from cancer_classifier.ood import REFERENCE_FILE
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
@@ -35,6 +36,9 @@ def champion_score(client: MlflowClient, name: str, alias: str, metric: str) -> 
     except MlflowException:
         return None
     return version.version, client.get_run(version.run_id).data.metrics[f"test_{metric}"]
+
+
+SERVING_FILES = ("model_metadata.json", "class_indices.json", REFERENCE_FILE)
 
 
 class ModelRegistry:
@@ -65,6 +69,8 @@ class ModelRegistry:
             mlflow.log_metrics({f"test_{k}": v for k, v in evaluation["metrics"].items() if np.isfinite(v)})
             mlflow.log_artifacts(str(config.evaluation_dir), artifact_path="evaluation")
             mlflow.log_artifact(str(config.data_dir / "data_report.json"), artifact_path="data")
+            for name in SERVING_FILES:  # what serving needs beside the model, for registry mode
+                mlflow.log_artifact(str(config.model_dir / name), artifact_path="serving")
             version = self.log_model(demo, tags)
             decision = self.promote(client, version, evaluation["metrics"][config.promotion_metric])
             mlflow.set_tag("promotion", decision["reason"])

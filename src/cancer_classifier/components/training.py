@@ -16,6 +16,7 @@ import tensorflow as tf
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
 from cancer_classifier.entity import AugmentationConfig, TrainingConfig
 from cancer_classifier.modeling import feature_extractor, intended_use, load_classifier, unfreeze_last_blocks
+from cancer_classifier.ood import REFERENCE_FILE, fit_reference
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
@@ -84,14 +85,9 @@ class Training:
             monitor="val_loss", patience=self.config.early_stopping_patience, restore_best_weights=True
         )
 
-    def train_head(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
+    def train_head(self, head: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                   y_val: np.ndarray, n_classes: int) -> dict:
         config = self.config
-        (train_paths, y_train), (val_paths, y_val) = train, val
-        extractor = feature_extractor(model)
-        x_train = self.extract_features(extractor, train_paths, config.augmentation.views)
-        y_train = np.tile(y_train, config.augmentation.views)
-        x_val = self.extract_features(extractor, val_paths, 1)
-        head = model.get_layer("head")
         fit_normalization(head.get_layer("feature_norm"), x_train)
         head.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -147,12 +143,20 @@ class Training:
         started = time.perf_counter()
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.set_tags({"stage": "training", "demo": str(info["demo"]).lower()})
-            history = {"head": self.train_head(model, train, val, len(classes))}
+            extractor = feature_extractor(model)
+            x_train = self.extract_features(extractor, train[0], config.augmentation.views)
+            x_val = self.extract_features(extractor, val[0], 1)
+            y_train = np.tile(train[1], config.augmentation.views)
+            history = {"head": self.train_head(model.get_layer("head"), x_train, y_train, x_val, val[1], len(classes))}
             if config.fine_tune_blocks:
                 history["fine_tune"] = self.fine_tune(model, train, val, len(classes))
+                # fine-tuning moved the features: the reference must describe the final model's
+                x_train, x_val = (self.extract_features(extractor, paths, 1) for paths in (train[0], val[0]))
+            ood = fit_reference(x_train[: len(train[0])], x_val, config.ood_quantile)
         seconds = time.perf_counter() - started
         with atomic_directory(config.root_dir) as out:
             model.save(out / "model.keras")
+            ood.save(out / REFERENCE_FILE)
             save_json(out / "class_indices.json", {name: i for i, name in enumerate(classes)})
             save_json(out / "model_metadata.json", {
                 "classes": classes,

@@ -45,6 +45,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "serving": {
         "model_dir": str,
         "registration_file": str,
+        "model_card_file": str,
         "max_upload_mb": NUMBER,
         "dicom_window": {"center": NUMBER, "width": NUMBER},
     },
@@ -88,6 +89,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
             "zoom": NUMBER,
             "contrast": NUMBER,
         },
+        "ood_quantile": NUMBER,
         "fine_tune": {"blocks": int, "epochs": int, "learning_rate": NUMBER},
     },
     "evaluation": {"promotion_metric": str, "bootstrap_resamples": int, "seed": int},
@@ -195,6 +197,8 @@ class ConfigurationManager:
         for key, value in [("learning_rate", train["learning_rate"]), ("fine_tune.learning_rate", train["fine_tune"]["learning_rate"])]:
             if not value > 0:
                 self._fail_param(f"training.{key}", "a positive number", value)
+        if not 0.5 <= train["ood_quantile"] <= 1:
+            self._fail_param("training.ood_quantile", "between 0.5 and 1", train["ood_quantile"])
         for key in ("rotation", "zoom", "contrast"):
             if not 0 <= train["augmentation"][key] < 1:
                 self._fail_param(f"training.augmentation.{key}", "in [0, 1)", train["augmentation"][key])
@@ -291,6 +295,7 @@ class ConfigurationManager:
                 zoom=float(augmentation["zoom"]),
                 contrast=float(augmentation["contrast"]),
             ),
+            ood_quantile=float(train["ood_quantile"]),
             fine_tune_blocks=train["fine_tune"]["blocks"],
             fine_tune_epochs=train["fine_tune"]["epochs"],
             fine_tune_learning_rate=float(train["fine_tune"]["learning_rate"]),
@@ -330,6 +335,7 @@ class ConfigurationManager:
         return ServingConfig(
             model_dir=self._path(serving["model_dir"]),
             registration_file=self._path(serving["registration_file"]),
+            model_card_file=self._path(serving["model_card_file"]),
             max_upload_bytes=int(serving["max_upload_mb"] * 1024 * 1024),
             dicom_window_center=float(serving["dicom_window"]["center"]),
             dicom_window_width=float(serving["dicom_window"]["width"]),

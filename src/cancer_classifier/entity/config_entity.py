@@ -60,6 +60,7 @@ class TrainingConfig:
     early_stopping_patience: int
     class_weights: bool
     augmentation: AugmentationConfig
+    ood_quantile: float
     fine_tune_blocks: int
     fine_tune_epochs: int
     fine_tune_learning_rate: float
@@ -103,6 +104,7 @@ class RegistryConfig:
 class ServingConfig:
     model_dir: Path  # local artifacts: model.keras, model_metadata.json, class_indices.json
     registration_file: Path  # the register stage's record of the version, if it ran
+    model_card_file: Path  # the evaluation stage's model_card.json
     max_upload_bytes: int
     dicom_window_center: float
     dicom_window_width: float
