@@ -25,7 +25,9 @@ from cancer_classifier.utils.images import ImageDecodeError, decode_image
 from cancer_classifier.utils.logging import logger
 
 SPLITS = ("train", "val", "test")
-MANIFEST_FIELDS = ("file", "sha256", "label", "split", "group", "source_path")
+# Per-image file statistics (manifest columns): no anatomy, only cues to where an image came from.
+METADATA_FIELDS = ("width", "height", "file_bytes", "colour", "mean", "std")
+MANIFEST_FIELDS = ("file", "sha256", "label", "split", "group", "source_path", *METADATA_FIELDS)
 
 
 class DataSourceError(RuntimeError):
@@ -39,6 +41,18 @@ class ImageRecord:
     pixels: np.ndarray
     sha256: str  # of the decoded pixels and shape, so re-encoded exact copies match too
     phash: np.ndarray
+    metadata: dict[str, float]  # file and image statistics with no anatomy: the shortcut audit's input
+
+
+def image_metadata(data: bytes, pixels: np.ndarray) -> dict[str, float]:
+    """What a model could use to tell sources apart without looking at anatomy."""
+    height, width = pixels.shape[:2]
+    gray = pixels.mean(axis=2)
+    colour = bool((pixels[..., 0] != pixels[..., 1]).any() or (pixels[..., 1] != pixels[..., 2]).any())
+    return {
+        "width": width, "height": height, "file_bytes": len(data), "colour": int(colour),
+        "mean": round(float(gray.mean()), 3), "std": round(float(gray.std()), 3),
+    }
 
 
 # -- sources ------------------------------------------------------------------------------
@@ -131,14 +145,15 @@ def read_images(files: list[tuple[Path, str]], root: Path) -> tuple[list[ImageRe
     records, rejected = [], []
     for path, label in tqdm(files, desc="decode images", unit="img"):
         relative = str(path.relative_to(root))
+        data = path.read_bytes()
         try:
-            pixels = decode_image(path.read_bytes())
+            pixels = decode_image(data)
         except ImageDecodeError as error:
             rejected.append({"file": relative, "label": label, "reason": str(error)})
             continue
         digest = sha256_bytes(str(pixels.shape).encode() + pixels.tobytes())
         phash = imagehash.phash(Image.fromarray(pixels).convert("L")).hash.flatten()
-        records.append(ImageRecord(relative, label, pixels, digest, phash))
+        records.append(ImageRecord(relative, label, pixels, digest, phash, image_metadata(data, pixels)))
     return records, rejected
 
 
@@ -242,7 +257,7 @@ class DataIngestion:
                 Image.fromarray(record.pixels).save(out / name)
                 writer.writerow(
                     {"file": name, "sha256": record.sha256, "label": record.label, "split": split,
-                     "group": records[group].sha256[:12], "source_path": record.source_path}
+                     "group": records[group].sha256[:12], "source_path": record.source_path, **record.metadata}
                 )
 
     def _report(self, files, ignored, rejected, duplicates, conflicts, unique, groups, splits) -> dict:

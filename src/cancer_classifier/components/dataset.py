@@ -15,11 +15,16 @@ def dataset_info(data_dir: Path) -> dict:
     return load_json(Path(data_dir) / "data_report.json")["dataset"]
 
 
+def split_rows(data_dir: Path, split: str) -> list[dict[str, str]]:
+    """The manifest rows of one split, in manifest order."""
+    with open(Path(data_dir) / "manifest.csv", newline="") as file:
+        return [row for row in csv.DictReader(file) if row["split"] == split]
+
+
 def split_files(data_dir: Path, split: str) -> tuple[list[str], np.ndarray]:
     """Image paths of one split and their integer labels (index into the dataset's classes)."""
     classes = dataset_info(data_dir)["classes"]
-    with open(Path(data_dir) / "manifest.csv", newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row["split"] == split]
+    rows = split_rows(data_dir, split)
     paths = [str(Path(data_dir) / row["file"]) for row in rows]
     return paths, np.array([classes.index(row["label"]) for row in rows], dtype=np.int64)
 

@@ -15,9 +15,11 @@ from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
 from cancer_classifier.components.metrics import bootstrap_intervals, headline_metrics, per_class_metrics
+from cancer_classifier.components.model_card import build_model_card, render_markdown
+from cancer_classifier.components.shortcut_audit import metadata_baseline
 from cancer_classifier.entity import EvaluationConfig
 from cancer_classifier.modeling import load_classifier
-from cancer_classifier.utils.common import atomic_directory, save_json
+from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
 
 PREDICT_BATCH = 16
@@ -99,6 +101,7 @@ class Evaluation:
         paths, y_true, proba = self.predict_test()
         scores = headline_metrics(y_true, proba, positive)
         intervals = bootstrap_intervals(y_true, proba, positive, config.bootstrap_resamples, config.seed)
+        baseline = metadata_baseline(config.data_dir, positive, config.bootstrap_resamples, config.seed)
         report = {
             "split": "test (held out: never used for training or early stopping)",
             "test_images": len(y_true),
@@ -111,9 +114,19 @@ class Evaluation:
             "bootstrap_resamples": config.bootstrap_resamples,
             "per_class": per_class_metrics(y_true, proba, classes),
             "confusion_matrix": confusion_matrix(y_true, proba.argmax(axis=1), labels=range(len(classes))).tolist(),
+            "baseline": baseline,
+            "shortcut_warning": baseline["metrics"]["roc_auc"] >= scores["roc_auc"] - config.shortcut_margin,
         }
+        card = build_model_card(
+            report,
+            load_json(config.data_dir / "data_report.json"),
+            load_json(config.base_model_dir / "base_model_info.json"),
+            load_json(config.model_dir / "training_info.json"),
+        )
         with atomic_directory(config.root_dir) as out:
             save_json(out / "evaluation.json", report)
+            save_json(out / "model_card.json", card)
+            (out / "model_card.md").write_text(render_markdown(card))
             with open(out / "predictions.csv", "w", newline="") as file:
                 writer = csv.writer(file)
                 writer.writerow(["file", "label", "predicted", *[f"p_{c}" for c in classes]])
@@ -121,14 +134,20 @@ class Evaluation:
                     writer.writerow([Path(path).name, classes[truth], classes[p.argmax()], *np.round(p, 6)])
             save_plots(out, y_true, proba, classes, positive)
             log_dvclive(out, scores, y_true, proba, classes, positive)
-        self.write_scores(scores, intervals, info["demo"], len(y_true))
+        self.write_scores(report)
         logger.info("held-out test (%d images): %s", len(y_true), {k: round(v, 4) for k, v in scores.items()})
         return report
 
-    def write_scores(self, scores: dict, intervals: dict, demo: bool, n: int) -> None:
-        """The DVC metric file, replaced atomically."""
+    def write_scores(self, report: dict) -> None:
+        """The DVC metric file (headline numbers, intervals, the shortcut baseline), replaced atomically."""
         partial = self.config.scores_path.with_suffix(".json.partial")
-        save_json(partial, {**{k: round(v, 4) for k, v in scores.items()},
-                            "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in intervals.items()},
-                            "test_images": n, "demo": demo})
+        save_json(partial, {
+            **{k: round(v, 4) for k, v in report["metrics"].items()},
+            "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
+            "baseline_roc_auc": round(report["baseline"]["metrics"]["roc_auc"], 4),
+            "baseline_roc_auc_ci95": [round(v, 4) for v in report["baseline"]["ci95"]["roc_auc"]],
+            "shortcut_warning": report["shortcut_warning"],
+            "test_images": report["test_images"],
+            "demo": report["demo"],
+        })
         os.replace(partial, self.config.scores_path)

@@ -61,7 +61,8 @@ def phantom(size: int, profile: int | None, rng: np.random.Generator) -> np.ndar
             r = size * rng.uniform(r_low, r_high)
             ny, nx = ly + distance * (ry - r) * np.sin(angle), lx + distance * (rx - r) * np.cos(angle)
             image[_ellipse(yy, xx, ny, nx, r * rng.uniform(0.8, 1.2), r)] = rng.uniform(0.6, 0.8)
-    image = _blur(image) + rng.normal(0, 0.03, image.shape)
+    # Scanner-like gain and offset per slice, so global intensity statistics do not give nodules away.
+    image = _blur(image) * rng.uniform(0.75, 1.25) + rng.uniform(-0.1, 0.1) + rng.normal(0, 0.03, image.shape)
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 

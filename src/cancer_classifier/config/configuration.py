@@ -92,7 +92,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "ood_quantile": NUMBER,
         "fine_tune": {"blocks": int, "epochs": int, "learning_rate": NUMBER},
     },
-    "evaluation": {"promotion_metric": str, "bootstrap_resamples": int, "seed": int},
+    "evaluation": {"promotion_metric": str, "bootstrap_resamples": int, "shortcut_margin": NUMBER, "seed": int},
 }
 
 
@@ -197,6 +197,8 @@ class ConfigurationManager:
         for key, value in [("learning_rate", train["learning_rate"]), ("fine_tune.learning_rate", train["fine_tune"]["learning_rate"])]:
             if not value > 0:
                 self._fail_param(f"training.{key}", "a positive number", value)
+        if not 0 <= self.params["evaluation"]["shortcut_margin"] < 1:
+            self._fail_param("evaluation.shortcut_margin", "in [0, 1)", self.params["evaluation"]["shortcut_margin"])
         if not 0.5 <= train["ood_quantile"] <= 1:
             self._fail_param("training.ood_quantile", "between 0.5 and 1", train["ood_quantile"])
         for key in ("rotation", "zoom", "contrast"):
@@ -308,9 +310,11 @@ class ConfigurationManager:
             root_dir=self._dir("evaluation"),
             data_dir=self._dir("data_ingestion"),
             model_dir=self._dir("training"),
+            base_model_dir=self._dir("prepare_base_model"),
             scores_path=self._path(self.config["evaluation"]["scores_file"]),
             positive_class=self.params["data"]["positive_class"],
             bootstrap_resamples=evaluation["bootstrap_resamples"],
+            shortcut_margin=float(evaluation["shortcut_margin"]),
             seed=evaluation["seed"],
         )
 

@@ -72,9 +72,11 @@ class EvaluationConfig:
     root_dir: Path
     data_dir: Path
     model_dir: Path
+    base_model_dir: Path
     scores_path: Path
     positive_class: str
     bootstrap_resamples: int
+    shortcut_margin: float
     seed: int
 
 

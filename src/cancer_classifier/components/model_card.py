@@ -1,0 +1,98 @@
+"""The model card: what the model is for, what it was trained and tested on, how well, and its limits."""
+
+from cancer_classifier.modeling import intended_use
+
+HEADLINE_ORDER = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "jaccard", "brier")
+
+
+def known_limits(report: dict, data: dict) -> list[str]:
+    limits = ["Not a medical device and not validated for clinical use."]
+    if report["demo"]:
+        limits.append("Trained and tested on synthetic phantoms: it says nothing about real CT images.")
+    if report["shortcut_warning"]:
+        limits.append(
+            f"Shortcut warning: a metadata-only model (no anatomy) reaches ROC-AUC "
+            f"{report['baseline']['metrics']['roc_auc']:.3f} against this model's {report['metrics']['roc_auc']:.3f}; "
+            "the classes can be told apart by image source, so this score is weak evidence of pathology."
+        )
+    if report["test_images"] < 100:
+        limits.append(f"Small test split ({report['test_images']} images): read the intervals, not the point estimates.")
+    limits.append(
+        "Slices are classified one at a time, without patient-level grouping beyond near-duplicate detection."
+    )
+    return limits
+
+
+def build_model_card(report: dict, data: dict, base: dict, training: dict) -> dict:
+    return {
+        "model": "VGG16 transfer learning, chest CT slice classifier",
+        "intended_use": intended_use(report["demo"]),
+        "demo": report["demo"],
+        "classes": report["classes"],
+        "data": {
+            "source": data["dataset"]["source"],
+            "files_scanned": data["files_scanned"],
+            "images_after_deduplication": data["images_kept"],
+            "exact_duplicates_removed": data["exact_duplicates_removed"],
+            "conflicting_label_groups_excluded": len(data["conflicting_labels"]),
+            "rejected_files": len(data["rejected"]),
+            "counts": data["counts"],
+            "split_method": data["split_method"],
+        },
+        "base_weights": {k: base[k] for k in ("weights", "description", "sha256") if k in base},
+        "training": {"image_size": base["image_size"], **training},
+        "evaluation": {
+            "split": report["split"],
+            "test_images": report["test_images"],
+            "averaging": report["averaging"],
+            "metrics": report["metrics"],
+            "ci95": report["ci95"],
+            "per_class": report["per_class"],
+        },
+        "shortcut_baseline": report["baseline"] | {"warning": report["shortcut_warning"]},
+        "known_limits": known_limits(report, data),
+    }
+
+
+def render_markdown(card: dict) -> str:
+    evaluation, baseline = card["evaluation"], card["shortcut_baseline"]
+    rows = "\n".join(
+        f"| {name} | {evaluation['metrics'][name]:.3f} | {evaluation['ci95'][name][0]:.3f} – {evaluation['ci95'][name][1]:.3f} |"
+        for name in HEADLINE_ORDER
+    )
+    counts = "\n".join(
+        f"| {split} | " + " | ".join(str(n) for n in per_class.values()) + " |" for split, per_class in card["data"]["counts"].items()
+    )
+    limits = "\n".join(f"- {limit}" for limit in card["known_limits"])
+    return f"""# Model card — {card['model']}
+
+> **{card['intended_use']}**
+
+## Data
+Source: `{card['data']['source']}`. {card['data']['files_scanned']} files scanned,
+{card['data']['rejected_files']} rejected, {card['data']['exact_duplicates_removed']} exact duplicates removed,
+{card['data']['conflicting_label_groups_excluded']} conflicting-label group(s) excluded:
+{card['data']['images_after_deduplication']} distinct images.
+Split: {card['data']['split_method']}.
+
+| split | {' | '.join(card['classes'])} |
+|---|{'---|' * len(card['classes'])}
+{counts}
+
+## Model and training
+Base weights: {card['base_weights']['description']} (`{card['base_weights']['weights']}`{', sha256 ' + card['base_weights']['sha256'] if 'sha256' in card['base_weights'] else ''}).
+Input size {card['training']['image_size']} px; {card['training']['head_epochs']} head epochs on cached features
+({card['training']['feature_views']} view(s) per image), {card['training']['fine_tune_epochs']} fine-tuning epochs; seed {card['training']['seed']}.
+
+## Evaluation ({evaluation['split']}, {evaluation['test_images']} images, {evaluation['averaging']})
+
+| metric | value | 95% bootstrap interval |
+|---|---|---|
+{rows}
+
+Shortcut baseline ({baseline['model']}): ROC-AUC {baseline['metrics']['roc_auc']:.3f}
+({baseline['ci95']['roc_auc'][0]:.3f} – {baseline['ci95']['roc_auc'][1]:.3f}).{' **Warning: close to the model.**' if baseline['warning'] else ''}
+
+## Known limits
+{limits}
+"""
