@@ -98,7 +98,7 @@ def main() -> None:
     latencies = sorted(seconds * 1000 for seconds, status in results if status == 200)
     errors = sum(status != 200 for _, status in results)
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [float("nan")] * 99
-    print(f"\n| target | requests | concurrency | ok | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms |")
+    print("\n| target | requests | concurrency | ok | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {url} | {len(results)} | {args.concurrency} | {len(latencies)} | {errors} | {len(latencies) / elapsed:.2f} "
           f"| {q[49]:.0f} | {q[94]:.0f} | {q[98]:.0f} |")

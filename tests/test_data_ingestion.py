@@ -14,7 +14,7 @@ from PIL import Image
 
 from cancer_classifier.components.data_ingestion import DataIngestion, DataSourceError, group_split
 from cancer_classifier.components.synthetic import phantom
-from cancer_classifier.utils.common import load_json, sha256_file
+from cancer_classifier.utils.common import sha256_file
 
 ADENO = "adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib"
 
@@ -94,7 +94,7 @@ def test_group_split_is_stratified_seeded_and_never_splits_a_group():
     for g in set(groups):
         assert len({split[i] for i in range(300) if groups[i] == g}) == 1
     for label in "abc":
-        in_class = [s for s, l in zip(split, labels) if l == label]
+        in_class = [s for s, truth in zip(split, labels) if truth == label]
         assert all(abs(in_class.count(s) / len(in_class) - f) < 0.08 for s, f in fractions.items())
 
 

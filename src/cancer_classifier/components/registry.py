@@ -4,7 +4,6 @@ Runs after evaluation has completed, so a model that was never scored is never r
 """
 
 import subprocess
-from pathlib import Path
 
 import mlflow
 import mlflow.tensorflow

@@ -32,6 +32,11 @@ class GradCam:
 
     def __call__(self, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmap (h, w) in 0..1 at the conv layer's resolution, and the probabilities (n_classes,)."""
+        heatmap, probabilities, _ = self.explain(image, class_index)
+        return heatmap, probabilities
+
+    def explain(self, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Heatmap, probabilities, and the pooled features (the ``pooling`` layer's output) of the same pass."""
         x = tf.convert_to_tensor(image[None].astype("float32"))
         for layer in self.before:
             x = layer(x)
@@ -39,7 +44,11 @@ class GradCam:
             conv = self.to_conv(x, training=False)
             tape.watch(conv)
             y = conv
-            for layer in self.conv_to_features + self.after:
+            for layer in self.conv_to_features:
+                y = layer(y, training=False)
+            features = self.after[0](y, training=False)  # "pooling"
+            y = features
+            for layer in self.after[1:]:
                 y = layer(y, training=False)
             probabilities = y
             index = int(tf.argmax(probabilities[0])) if class_index is None else class_index
@@ -50,7 +59,7 @@ class GradCam:
         heatmap = tf.maximum(heatmap, 0)
         top = float(tf.reduce_max(heatmap))
         heatmap = heatmap / top if top > 0 else heatmap  # all-zero when nothing supports the class
-        return heatmap.numpy().astype("float32"), probabilities[0].numpy()
+        return heatmap.numpy().astype("float32"), probabilities[0].numpy(), features[0].numpy()
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:

@@ -26,11 +26,6 @@ def read_yaml(path: Path) -> ConfigBox:
     return ConfigBox(content)
 
 
-def create_directories(paths: list[Path]) -> None:
-    for path in paths:
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-
 def save_json(path: Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
