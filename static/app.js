@@ -14,6 +14,10 @@
   const previewCaption = document.getElementById("preview-caption");
   const result = document.getElementById("result");
   const label = document.getElementById("label");
+  const labelLine = document.getElementById("label-line");
+  const labelPrefix = document.getElementById("label-prefix");
+  const oodWarning = document.getElementById("ood-warning");
+  const oodDetail = document.getElementById("ood-detail");
   const bars = document.getElementById("bars");
   const gradcam = document.getElementById("gradcam");
   const gradcamImg = document.getElementById("gradcam-img");
@@ -88,7 +92,21 @@
     return (p * 100).toFixed(1) + "%";
   }
 
+  // in_distribution false: the upload is unlike the training images, so the label is shown as
+  // unreliable under a warning; null: this model has no out-of-distribution check.
+  function renderOod(body) {
+    const outside = body.in_distribution === false;
+    oodWarning.hidden = !outside;
+    oodDetail.textContent = outside && typeof body.ood_score === "number"
+      ? " Distance from the training images: " + body.ood_score.toFixed(2) + " × the threshold."
+      : "";
+    result.classList.toggle("unreliable", outside);
+    labelLine.classList.toggle("unreliable", outside);
+    labelPrefix.textContent = outside ? "Label (unreliable):" : "Result:";
+  }
+
   function render(body) {
+    renderOod(body);
     label.textContent = body.label;
     bars.replaceChildren();
     Object.entries(body.probabilities)

@@ -137,7 +137,7 @@ def test_factory_applies_test_config_and_upload_limit(app, serving):
     assert app.testing
     assert app.config["MAX_CONTENT_LENGTH"] == serving.max_upload_bytes
     rules = {rule.rule for rule in app.url_map.iter_rules()}
-    assert {"/", "/predict", "/health", "/ready", "/metrics"} <= rules
+    assert {"/", "/predict", "/health", "/ready", "/metrics", "/model-card", "/model-card.md"} <= rules
     assert not any("train" in rule for rule in rules), "serving must offer no training route"
 
 
@@ -195,6 +195,7 @@ def test_predict_upload(client, png_bytes, metadata):
     assert body["model"] == {"name": "chest-ct-classifier", "version": "1", "demo": True}
     assert body["intended_use"] == metadata["intended_use"]
     assert "gradcam_png" not in body
+    assert isinstance(body["in_distribution"], bool) and isinstance(body["ood_score"], float)
 
 
 def test_predict_json_base64_matches_upload(client, png_bytes):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cancer_classifier.modeling import load_classifier
+from cancer_classifier.modeling import feature_extractor, load_classifier
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.images import decode_image
 
@@ -36,6 +36,13 @@ def test_split_model_gives_the_models_own_probabilities(model, image):
     _, probabilities = GradCam(model)(image)
     expected = model.predict(image[None].astype("float32"), verbose=0)[0]
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_explain_also_returns_the_pooled_features_of_the_same_pass(model, image):
+    heatmap, probabilities, features = GradCam(model).explain(image)
+    expected = feature_extractor(model).predict(image[None].astype("float32"), verbose=0)[0]
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(probabilities, GradCam(model)(image)[1], atol=1e-6)
 
 
 def test_each_class_gets_its_own_heatmap(model, image):

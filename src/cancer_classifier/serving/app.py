@@ -160,7 +160,7 @@ def _register_request_hooks(app: Flask, access_log) -> None:
             "latency_ms": round(elapsed * 1000, 1),
             "model_version": predictor.info.version if predictor else None,
         }
-        for key in ("label", "input_kind", "error"):
+        for key in ("label", "in_distribution", "input_kind", "error"):
             if key in g:
                 fields[key] = g.get(key)
         if endpoint not in ("/static/<path:filename>",):

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests and latency by endpoint and status, predictions by class, model load.
+"""Prometheus metrics: requests and latency by endpoint and status, predictions by class,
+out-of-distribution predictions, model load.
 
 With several gunicorn workers each process keeps its own counters; when PROMETHEUS_MULTIPROC_DIR is
 set (gunicorn.conf.py sets it) prometheus_client writes them to files there and ``/metrics``
@@ -21,6 +22,11 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 PREDICTIONS = Counter("predictions_total", "Predictions served, by predicted class.", ["label"], registry=REGISTRY)
+OOD_PREDICTIONS = Counter(
+    "ood_predictions_total",
+    "Predictions whose input was unlike the training images (in_distribution false): the label was not meaningful.",
+    registry=REGISTRY,
+)
 MODEL_LOAD_SECONDS = Gauge(
     "model_load_seconds", "Seconds the last successful model load took (per worker).",
     multiprocess_mode="liveall", registry=REGISTRY,

@@ -2,8 +2,12 @@
 
 Serving imports no training code: it needs only the saved model (which resizes and preprocesses
 raw pixels itself) and its metadata, from the pipeline's artifacts or from the MLflow registry.
+Beside the model it loads the out-of-distribution reference (``ood_reference.npz``: the training
+images' statistics in the model's pooled feature space) and knows where the model card is.
 """
 
+import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +18,7 @@ from PIL import Image
 
 from cancer_classifier.entity import ServingConfig
 from cancer_classifier.modeling import intended_use, load_classifier
+from cancer_classifier.ood import REFERENCE_FILE, OODReference
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.common import load_json
 from cancer_classifier.utils.logging import logger
@@ -22,6 +27,10 @@ from cancer_classifier.utils.logging import logger
 # the model resizes to its own input size anyway. CT slices (512 x 512) are never touched.
 MAX_SIDE = 2048
 RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register one"
+FEATURE_LAYER = "pooling"  # the pooled VGG16 features the OOD reference was fitted on
+# Artifacts the register stage logs with each version's run (see components/registry.py).
+REGISTRY_OOD_ARTIFACT = f"serving/{REFERENCE_FILE}"
+REGISTRY_CARD_ARTIFACTS = ("evaluation/model_card.json", "evaluation/model_card.md")
 
 
 class ModelUnavailable(Exception):
@@ -45,6 +54,90 @@ class ModelInfo:
         return asdict(self) | {"classes": list(self.classes)}
 
 
+class ModelCardUnavailable(Exception):
+    """There is no model card for the served model; the message says why."""
+
+
+class ModelCard:
+    """The evaluation stage's model card (JSON and Markdown) for the served model.
+
+    Local mode reads the files on each request, so a card that the pipeline writes after the app
+    started is served without a restart. Registry mode passes the documents downloaded once from
+    the version's run. A card whose classes differ from the model's describes another model and
+    is not served.
+    """
+
+    def __init__(
+        self,
+        json_path: Path | None = None,
+        *,
+        document: dict | None = None,
+        markdown: str | None = None,
+        reason: str = "no model card is known for this model",
+    ) -> None:
+        self.json_path = json_path
+        self._document, self._markdown, self._reason = document, markdown, reason
+        self.classes: tuple[str, ...] | None = None  # set by the Predictor: the model's classes
+
+    def document(self) -> dict:
+        if self.json_path is not None:
+            if not self.json_path.is_file():
+                raise ModelCardUnavailable(
+                    f"no model card yet ({self.json_path.name} is written by the evaluation stage): run `dvc repro`"
+                )
+            try:
+                document = json.loads(self.json_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                logger.exception("unreadable model card %s", self.json_path)
+                raise ModelCardUnavailable("the model card could not be read (see the server log)") from None
+        elif self._document is not None:
+            document = self._document
+        else:
+            raise ModelCardUnavailable(self._reason)
+        if not isinstance(document, dict):
+            raise ModelCardUnavailable("the model card is not a JSON object")
+        card_classes = document.get("classes")
+        if self.classes is not None and card_classes is not None and tuple(card_classes) != self.classes:
+            raise ModelCardUnavailable(
+                "the model card describes a model with other classes than the served one: run `dvc repro`"
+            )
+        return document
+
+    def markdown(self) -> str:
+        self.document()  # same availability and consistency checks
+        if self.json_path is not None:
+            path = self.json_path.with_suffix(".md")
+            if not path.is_file():
+                raise ModelCardUnavailable(f"the model card has no Markdown version ({path.name}): run `dvc repro`")
+            return path.read_text(encoding="utf-8")
+        if self._markdown is None:
+            raise ModelCardUnavailable("the model card has no Markdown version in the registry")
+        return self._markdown
+
+    @property
+    def available(self) -> bool:
+        try:
+            self.document()
+        except ModelCardUnavailable:
+            return False
+        return True
+
+
+def load_ood_reference(path: Path, source: str) -> OODReference | None:
+    """The reference, or None (logged) when it is missing or unreadable: predictions go on without it."""
+    if not path.is_file():
+        logger.warning(
+            "%s has no %s (a model trained before the out-of-distribution check): predictions will carry "
+            '"in_distribution": null; retrain with `dvc repro` to enable the check', source, REFERENCE_FILE,
+        )
+        return None
+    try:
+        return OODReference.load(path)
+    except Exception:
+        logger.exception("the out-of-distribution reference %s could not be read; the check is off", path)
+        return None
+
+
 def limit_size(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     height, width = image.shape[:2]
     if max(height, width) <= max_side:
@@ -55,15 +148,53 @@ def limit_size(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
 
 
 class Predictor:
-    def __init__(self, model, info: ModelInfo) -> None:
+    def __init__(
+        self, model, info: ModelInfo, ood: OODReference | None = None, card: ModelCard | None = None
+    ) -> None:
         self.model = model
         self.info = info
         self._gradcam: GradCam | None = None
         self.load_seconds: float | None = None
+        self.card = card or ModelCard()
+        self.card.classes = info.classes
         output = int(model.output_shape[-1])
         if output != len(info.classes):
             raise ModelUnavailable(f"the model has {output} outputs but its metadata names {len(info.classes)} classes")
-        self.probabilities(np.zeros((32, 32, 3), dtype=np.uint8))  # warm-up: first call builds the graph
+        # One forward pass gives both the pooled features (for the OOD score) and the probabilities.
+        self.scorer, self.ood = self._build_scorer(model, ood)
+        self._warm_up()
+
+    @staticmethod
+    def _build_scorer(model, ood: OODReference | None) -> tuple[keras.Model | None, OODReference | None]:
+        if ood is None:
+            return None, None
+        try:
+            features = model.get_layer(FEATURE_LAYER).output
+        except ValueError:
+            logger.warning("the model has no %r layer: the out-of-distribution check is off", FEATURE_LAYER)
+            return None, None
+        if int(features.shape[-1]) != int(np.shape(ood.mean)[-1]):
+            logger.warning(
+                "the out-of-distribution reference has %d features but the model's %r layer %d: the check is off",
+                np.shape(ood.mean)[-1], FEATURE_LAYER, features.shape[-1],
+            )
+            return None, None
+        return keras.Model(model.input, [features, model.output], name="features_and_probabilities"), ood
+
+    def _warm_up(self) -> None:
+        """The first call builds the graph; with a scorer, also check it reproduces the model exactly."""
+        if self.scorer is None:
+            self.probabilities(np.zeros((32, 32, 3), dtype=np.uint8))
+            return
+        probe = np.random.default_rng(0).integers(0, 256, (48, 48, 3)).astype(np.uint8)
+        _, scored = self.features_and_probabilities(probe)
+        plain = self.probabilities(probe)
+        if not np.allclose(scored, plain, atol=1e-5):
+            logger.error(
+                "the two-output model's probabilities differ from the model's (max %.2g): the OOD check is off",
+                float(np.max(np.abs(scored - plain))),
+            )
+            self.scorer, self.ood = None, None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -106,7 +237,8 @@ class Predictor:
             source="local",
             promoted=promoted,
         )
-        return cls(model, info)
+        ood = load_ood_reference(config.model_dir / REFERENCE_FILE, f"the model in {config.model_dir}")
+        return cls(model, info, ood, ModelCard(config.model_card_file))
 
     @staticmethod
     def _registration(path: Path, model_path: Path, default_name: str) -> tuple[str, str, bool | None]:
@@ -151,7 +283,35 @@ class Predictor:
             source="registry",
             promoted=True,
         )
-        return cls(model, info)
+        ood, card = cls._registry_extras(version, uri)
+        return cls(model, info, ood, card)
+
+    @staticmethod
+    def _registry_extras(version, uri: str) -> tuple[OODReference | None, ModelCard]:
+        """The OOD reference and the model card logged with the version's run; either may be missing."""
+        import mlflow
+
+        def download(artifact: str, into: str) -> Path | None:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=artifact, dst_path=into)
+                return Path(path)
+            except Exception as error:  # MlflowException, OSError...: an older version without it
+                logger.info("%s: no %s in run %s (%s)", uri, artifact, version.run_id, type(error).__name__)
+                return None
+
+        with tempfile.TemporaryDirectory(prefix="serving-") as folder:
+            reference = download(REGISTRY_OOD_ARTIFACT, folder) if version.run_id else None
+            ood = load_ood_reference(reference or Path(folder) / "missing", f"{uri} (run {version.run_id})")
+            card_json, card_md = (download(a, folder) if version.run_id else None for a in REGISTRY_CARD_ARTIFACTS)
+            if card_json is None:
+                return ood, ModelCard(reason=f"{uri} was registered without a model card (evaluation/model_card.json)")
+            try:
+                document = json.loads(card_json.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                logger.exception("%s: unreadable model card", uri)
+                return ood, ModelCard(reason="the registered model card could not be read (see the server log)")
+            markdown = card_md.read_text(encoding="utf-8") if card_md is not None else None
+        return ood, ModelCard(document=document, markdown=markdown)
 
     # -- predicting ------------------------------------------------------------------------
 
@@ -165,17 +325,36 @@ class Predictor:
         batch = image[None].astype("float32")  # raw 0..255 RGB; the model resizes and preprocesses
         return keras.ops.convert_to_numpy(self.model(batch, training=False))[0]
 
+    def features_and_probabilities(self, image: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Pooled features (None without an OOD check) and probabilities, from one forward pass."""
+        if self.scorer is None:
+            return None, self.probabilities(image)
+        features, probabilities = self.scorer(image[None].astype("float32"), training=False)
+        return keras.ops.convert_to_numpy(features)[0], keras.ops.convert_to_numpy(probabilities)[0]
+
+    def ood_check(self, features: np.ndarray | None) -> tuple[bool | None, float | None]:
+        """(in distribution?, distance / threshold): > 1 means unlike the training images; None without a reference."""
+        if self.ood is None or features is None:
+            return None, None
+        distance = float(self.ood.distances(features.astype(np.float64))[0])
+        inside = distance <= self.ood.threshold  # as OODReference.in_distribution, without a second pass
+        return inside, round(distance / max(self.ood.threshold, 1e-12), 3)
+
     def predict(self, image: np.ndarray, explain: bool = False) -> dict:
-        """``{"label", "probabilities": {class: p}}`` plus ``"gradcam_png"`` (bytes) when explain is set."""
+        """``{"label", "probabilities": {class: p}, "in_distribution", "ood_score"}``, plus
+        ``"gradcam_png"`` (bytes) when explain is set."""
         image = limit_size(image)
         if explain:
-            heatmap, probabilities = self.gradcam(image)
+            heatmap, probabilities, features = self.gradcam.explain(image)
         else:
-            probabilities = self.probabilities(image)
+            features, probabilities = self.features_and_probabilities(image)
         index = int(np.argmax(probabilities))
+        in_distribution, ood_score = self.ood_check(features)
         result = {
             "label": self.info.classes[index],
             "probabilities": {name: float(p) for name, p in zip(self.info.classes, probabilities, strict=True)},
+            "in_distribution": in_distribution,
+            "ood_score": ood_score,
         }
         if explain:
             result["gradcam_png"] = to_png(overlay(image, heatmap))

@@ -1,4 +1,4 @@
-"""Blueprints: the upload page, and the JSON API (/predict, /health, /ready, /metrics)."""
+"""Blueprints: the upload page, and the JSON API (/predict, /health, /ready, /metrics, /model-card)."""
 
 import base64
 import binascii
@@ -6,8 +6,9 @@ import binascii
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 
 from cancer_classifier.serving import metrics
-from cancer_classifier.serving.errors import SUPPORTED_TYPES, BadRequest, UnsupportedMediaType
+from cancer_classifier.serving.errors import SUPPORTED_TYPES, BadRequest, ServiceUnavailable, UnsupportedMediaType
 from cancer_classifier.serving.inputs import to_rgb
+from cancer_classifier.serving.predictor import ModelCardUnavailable
 
 pages = Blueprint("pages", __name__)
 api = Blueprint("api", __name__)
@@ -26,6 +27,7 @@ def index():
     return render_template(
         "index.html",
         model=predictor.info if predictor else None,
+        model_card=predictor is not None and predictor.card.available,
         reason=holder.reason,
         max_upload_mb=current_app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024,
         retry_seconds=holder.retry_seconds,
@@ -50,7 +52,32 @@ def ready():
         status="ready",
         model={**info.public(), "source": info.source, "promoted": info.promoted, "classes": list(info.classes)},
         intended_use=info.intended_use,
+        ood_check=predictor.ood is not None,
+        model_card=predictor.card.available,
     )
+
+
+def _card_or_503(read):
+    try:
+        return read()
+    except ModelCardUnavailable as error:
+        raise ServiceUnavailable(f"no model card: {error}") from None
+
+
+@api.get("/model-card")
+def model_card():
+    """The served model's card (data, metrics with intervals, limits) as JSON, or ``?format=md`` Markdown."""
+    predictor = _holder().require()
+    if request.args.get("format", "json").lower() in ("md", "markdown"):
+        return model_card_markdown()
+    return jsonify(_card_or_503(predictor.card.document))
+
+
+@api.get("/model-card.md")
+def model_card_markdown():
+    predictor = _holder().require()
+    text = _card_or_503(predictor.card.markdown)
+    return Response(text, content_type="text/markdown; charset=utf-8")
 
 
 @api.get("/metrics")
@@ -101,10 +128,17 @@ def predict():
     g.input_kind = kind
     result = predictor.predict(image, explain=explain)
     g.label = result["label"]
+    g.in_distribution = result["in_distribution"]
     metrics.PREDICTIONS.labels(result["label"]).inc()
+    if result["in_distribution"] is False:
+        metrics.OOD_PREDICTIONS.inc()
     body = {
         "label": result["label"],
         "probabilities": result["probabilities"],
+        # false: the image is unlike the training images and the label is not meaningful;
+        # null: this model has no out-of-distribution reference (trained before the check existed)
+        "in_distribution": result["in_distribution"],
+        "ood_score": result["ood_score"],  # distance / threshold: above 1 is unlike the training data
         "model": predictor.info.public(),
         "intended_use": predictor.info.intended_use,
     }
