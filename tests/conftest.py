@@ -60,6 +60,17 @@ def write_project(root: Path, config: dict | None = None, params: dict | None = 
     return config_path, params_path
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; a test must not switch later ones to a server."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Build a ConfigurationManager for a temporary project: ``project(config=..., params=...)``."""
