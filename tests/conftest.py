@@ -1,6 +1,7 @@
 """Shared fixtures: small configs in tmp folders, a tiny trained pipeline, and the shared real data."""
 
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -62,13 +63,33 @@ def write_project(root: Path, config: dict | None = None, params: dict | None = 
 
 @pytest.fixture(autouse=True)
 def no_leaked_tracking_uri():
-    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; a test must not switch later ones to a server."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    """Put MLflow's tracking URI back after each test, and the MLFLOW_TRACKING_URI variable that
+    mlflow.set_tracking_uri() exports: one test must not switch later ones to another store."""
+    import mlflow
+
+    uri, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     yield
-    if before is None:
+    mlflow.set_tracking_uri(uri)
+    if variable is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+        os.environ["MLFLOW_TRACKING_URI"] = variable
+
+
+@pytest.fixture
+def records():
+    """Every log record the package writes during the test (model loading, requests, errors)."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    handler = Keep()
+    package = logging.getLogger("cancer_classifier")
+    package.addHandler(handler)
+    yield seen
+    package.removeHandler(handler)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import base64
 import dataclasses
 import io
 import json
-import logging
 import shutil
 import struct
 import zlib
@@ -61,20 +60,6 @@ def png_bytes(trained_project) -> bytes:
     return test_images[0].read_bytes()
 
 
-@pytest.fixture
-def records():
-    """Every log record the package writes during the test (model loading, requests, errors)."""
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            seen.append(record)
-
-    handler = Keep()
-    package = logging.getLogger("cancer_classifier")
-    package.addHandler(handler)
-    yield seen
-    package.removeHandler(handler)
 
 
 def upload(client, data: bytes, name: str = "image.png", explain: bool = False):
@@ -366,17 +351,8 @@ def test_without_a_model_the_app_starts_and_says_run_dvc_repro(serving, tmp_path
 # -- the MLflow registry ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_tracking_uri():
-    """The registry loader points MLflow at the configured store; put back what was there."""
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(before)
 
 
-@pytest.mark.usefixtures("restore_tracking_uri")
 def test_registry_alias_is_served_when_tracking_is_configured(serving, png_bytes, metadata):
     """With use_registry (MLFLOW_TRACKING_URI set) the app serves models:/<name>@<alias>."""
     from mlflow.tracking import MlflowClient
@@ -393,7 +369,6 @@ def test_registry_alias_is_served_when_tracking_is_configured(serving, png_bytes
     assert body["model"] == {"name": serving.tracking.registered_model, "version": version, "demo": True}
 
 
-@pytest.mark.usefixtures("restore_tracking_uri")
 def test_registry_without_the_model_is_a_clear_503(serving, tmp_path):
     tracking = dataclasses.replace(serving.tracking, tracking_uri=f"sqlite:///{tmp_path}/empty.db")
     config = dataclasses.replace(serving, use_registry=True, tracking=tracking)

@@ -56,36 +56,8 @@ def test_split_pngs(trained_project) -> list[bytes]:
     return [Path(path).read_bytes() for path in paths]
 
 
-@pytest.fixture
-def records():
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            seen.append(record)
-
-    handler = Keep()
-    package = logging.getLogger("cancer_classifier")
-    package.addHandler(handler)
-    yield seen
-    package.removeHandler(handler)
 
 
-@pytest.fixture
-def restore_tracking_uri():
-    """The registry loader points MLflow at the configured store (which also sets
-    MLFLOW_TRACKING_URI): put both back as they were."""
-    import os
-
-    import mlflow
-
-    before, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    mlflow.set_tracking_uri(before)
-    if variable is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def upload(client, data: bytes, explain: bool = False):
@@ -256,7 +228,6 @@ def test_model_without_a_reference_answers_null_and_warns_once(serving, tmp_path
 # -- the MLflow registry ----------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("restore_tracking_uri")
 def test_registry_mode_downloads_the_reference_and_the_card(serving, test_split_pngs):
     predictor = Predictor.from_config(dataclasses.replace(serving, use_registry=True))
     local = OODReference.load(serving.model_dir / REFERENCE_FILE)

@@ -80,6 +80,8 @@ def unfreeze_last_blocks(model: keras.Model, blocks: int) -> None:
 
 
 def load_classifier(path: Path) -> keras.Model:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found: run the stage that writes it first (dvc repro)")
     return keras.models.load_model(path, compile=False)
 
 

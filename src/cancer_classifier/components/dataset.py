@@ -12,7 +12,10 @@ from cancer_classifier.utils.common import load_json
 
 def dataset_info(data_dir: Path) -> dict:
     """``{"source", "demo", "classes"}`` as ingestion recorded them; class order is the label order."""
-    return load_json(Path(data_dir) / "data_report.json")["dataset"]
+    report = Path(data_dir) / "data_report.json"
+    if not report.is_file():
+        raise FileNotFoundError(f"{report} not found: run the data_ingestion stage first (dvc repro)")
+    return load_json(report)["dataset"]
 
 
 def split_rows(data_dir: Path, split: str) -> list[dict[str, str]]:
