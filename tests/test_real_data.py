@@ -19,15 +19,22 @@ from tests.conftest import shared_path
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 
+def real_params(**data) -> dict:
+    """params.yaml's defaults (not the tiny test ones) plus the README's real-data settings, so the
+    test re-measures exactly the README's figures."""
+    return {
+        "data": data,
+        "base_model": {"weights": str(shared_path("models/vgg16_notop.weights.h5")), "image_size": 224,
+                       "pooling": "avg", "dense_units": 64},
+        "training": {"epochs": 60, "early_stopping_patience": 8, "augmentation": {"views": 2}},
+        "evaluation": {"bootstrap_resamples": 1000},
+    }
+
+
 def test_adenocarcinoma_vs_normal_reaches_auc_090_on_its_own_held_out_split(project):
     manager = project(
         config={"data_ingestion": {"source": str(shared_path("data/chest-ct/train"))}},
-        params={
-            "base_model": {"weights": str(shared_path("models/vgg16_notop.weights.h5")), "image_size": 224,
-                           "pooling": "avg", "dense_units": 64},
-            "training": {"epochs": 60, "early_stopping_patience": 8},
-            "evaluation": {"bootstrap_resamples": 1000},
-        },
+        params=real_params(),
     )
     report = DataIngestion(manager.data_ingestion()).run()
     # train/normal holds 55 distinct images in 148 files; train/adenocarcinoma one copy (ad16 = ad21)
@@ -52,13 +59,7 @@ FOUR_CLASSES = ["adenocarcinoma", "large.cell.carcinoma", "normal", "squamous.ce
 def test_four_classes_reach_macro_auc_095_with_audit_card_and_ood_guard(project):
     manager = project(
         config={"data_ingestion": {"source": str(shared_path("data/chest-ct"))}},  # train + valid, pooled
-        params={
-            "data": {"classes": FOUR_CLASSES},
-            "base_model": {"weights": str(shared_path("models/vgg16_notop.weights.h5")), "image_size": 224,
-                           "pooling": "avg", "dense_units": 64},
-            "training": {"epochs": 80, "early_stopping_patience": 10},
-            "evaluation": {"bootstrap_resamples": 1000},
-        },
+        params=real_params(classes=FOUR_CLASSES),
     )
     report = DataIngestion(manager.data_ingestion()).run()
     conflict = report["conflicting_labels"][0]  # l4.png == sq2.png: the one cross-class duplicate
