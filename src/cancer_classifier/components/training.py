@@ -152,7 +152,7 @@ class Training:
                 history["fine_tune"] = self.fine_tune(model, train, val, len(classes))
                 # fine-tuning moved the features: the reference must describe the final model's
                 x_train, x_val = (self.extract_features(extractor, paths, 1) for paths in (train[0], val[0]))
-            ood = fit_reference(x_train[: len(train[0])], x_val, config.ood_quantile)
+            ood = fit_reference(x_train[: len(train[0])], x_val, config.ood_components, config.ood_quantile)
         seconds = time.perf_counter() - started
         with atomic_directory(config.root_dir) as out:
             model.save(out / "model.keras")

@@ -89,6 +89,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
             "zoom": NUMBER,
             "contrast": NUMBER,
         },
+        "ood_components": int,
         "ood_quantile": NUMBER,
         "fine_tune": {"blocks": int, "epochs": int, "learning_rate": NUMBER},
     },
@@ -183,6 +184,7 @@ class ConfigurationManager:
             ("training.epochs", train["epochs"], 1),
             ("training.early_stopping_patience", train["early_stopping_patience"], 1),
             ("training.augmentation.views", train["augmentation"]["views"], 1),
+            ("training.ood_components", train["ood_components"], 1),
             ("training.fine_tune.epochs", train["fine_tune"]["epochs"], 1),
             ("evaluation.bootstrap_resamples", self.params["evaluation"]["bootstrap_resamples"], 100),
         ]:
@@ -297,6 +299,7 @@ class ConfigurationManager:
                 zoom=float(augmentation["zoom"]),
                 contrast=float(augmentation["contrast"]),
             ),
+            ood_components=train["ood_components"],
             ood_quantile=float(train["ood_quantile"]),
             fine_tune_blocks=train["fine_tune"]["blocks"],
             fine_tune_epochs=train["fine_tune"]["epochs"],

@@ -60,6 +60,7 @@ class TrainingConfig:
     early_stopping_patience: int
     class_weights: bool
     augmentation: AugmentationConfig
+    ood_components: int
     ood_quantile: float
     fine_tune_blocks: int
     fine_tune_epochs: int
