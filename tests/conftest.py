@@ -1,6 +1,7 @@
 """Shared fixtures: small configs in tmp folders, a tiny trained pipeline, and the shared real data."""
 
 import copy
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -121,3 +122,22 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> ConfigurationMa
     Evaluation(manager.evaluation()).run()
     ModelRegistry(manager.registry()).run()
     return manager
+
+
+@pytest.fixture(scope="module")
+def serving(trained_project):
+    """Serving settings for the tiny trained project, in local mode (the pipeline's artifacts)."""
+    return dataclasses.replace(trained_project.serving(), use_registry=False)
+
+
+@pytest.fixture(scope="module")
+def app(serving):
+    from cancer_classifier.serving import create_app
+
+    # One app per module: loading VGG16 per test would cost seconds each.
+    return create_app({"TESTING": True, "SERVING_CONFIG": serving})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -11,7 +11,6 @@ import zlib
 import numpy as np
 import pydicom
 import pytest
-from flask import Flask
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -30,22 +29,6 @@ JPEG_LOSSLESS = "data/dicom/barre-ct-mono2-16-chest/CT_JPEG70.dcm"
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def serving(trained_project):
-    return trained_project.serving()
-
-
-@pytest.fixture(scope="module")
-def app(serving) -> Flask:
-    # One app for the module: loading VGG16 per test would cost seconds each.
-    return create_app({"TESTING": True, "SERVING_CONFIG": serving})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture(scope="module")

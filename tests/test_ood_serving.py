@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from flask import Flask
 from PIL import Image, ImageDraw
 
 from cancer_classifier.components.dataset import split_files
@@ -25,23 +24,6 @@ from cancer_classifier.serving.predictor import Predictor
 from cancer_classifier.utils.images import decode_image
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def serving(trained_project):
-    # Local mode (the pipeline's artifacts) whatever an earlier test left in MLFLOW_TRACKING_URI;
-    # registry mode is asked for explicitly below.
-    return dataclasses.replace(trained_project.serving(), use_registry=False)
-
-
-@pytest.fixture(scope="module")
-def app(serving) -> Flask:
-    return create_app({"TESTING": True, "SERVING_CONFIG": serving})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture(scope="module")
