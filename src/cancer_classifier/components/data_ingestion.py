@@ -192,13 +192,18 @@ def near_duplicate_groups(records: list[ImageRecord], max_distance: int) -> list
     return [root(i) for i in range(len(records))]
 
 
-def group_split(groups: list[int], labels: list[str], fractions: dict[str, float], seed: int) -> list[str]:
-    """Stratified, seeded split of whole groups: no group ever spans two splits."""
+def group_members(groups: list[int]) -> list[list[int]]:
+    """The record indices of each group, from each record's group id."""
     members: dict[int, list[int]] = defaultdict(list)
     for index, group in enumerate(groups):
         members[group].append(index)
+    return list(members.values())
+
+
+def group_split(groups: list[int], labels: list[str], fractions: dict[str, float], seed: int) -> list[str]:
+    """Stratified, seeded split of whole groups: no group ever spans two splits."""
     by_class: dict[str, list[list[int]]] = defaultdict(list)
-    for indices in sorted(members.values()):
+    for indices in sorted(group_members(groups)):
         majority = Counter(labels[i] for i in indices).most_common(1)[0][0]
         by_class[majority].append(indices)
     rng = np.random.default_rng(seed)
@@ -265,13 +270,10 @@ class DataIngestion:
         counts = {s: {c: 0 for c in config.classes} for s in SPLITS}
         for record, split in zip(unique, splits):
             counts[split][record.label] += 1
-        members: dict[int, list[int]] = defaultdict(list)
-        for index, group in enumerate(groups):
-            members[group].append(index)
         near = [
             {"files": [unique[i].source_path for i in g], "labels": sorted({unique[i].label for i in g}),
              "split": splits[g[0]]}
-            for g in members.values() if len(g) > 1
+            for g in group_members(groups) if len(g) > 1
         ]
         return {
             "dataset": {

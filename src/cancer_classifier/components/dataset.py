@@ -10,12 +10,17 @@ from cancer_classifier.modeling import resizing
 from cancer_classifier.utils.common import load_json
 
 
-def dataset_info(data_dir: Path) -> dict:
-    """``{"source", "demo", "classes"}`` as ingestion recorded them; class order is the label order."""
+def data_report(data_dir: Path) -> dict:
+    """Ingestion's data_report.json: what was kept, removed and rejected, and the dataset's identity."""
     report = Path(data_dir) / "data_report.json"
     if not report.is_file():
         raise FileNotFoundError(f"{report} not found: run the data_ingestion stage first (dvc repro)")
-    return load_json(report)["dataset"]
+    return load_json(report)
+
+
+def dataset_info(data_dir: Path) -> dict:
+    """``{"source", "demo", "classes"}`` as ingestion recorded them; class order is the label order."""
+    return data_report(data_dir)["dataset"]
 
 
 def split_rows(data_dir: Path, split: str) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ from dvclive import Live
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
-from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
+from cancer_classifier.components.dataset import data_report, image_batches, split_files
 from cancer_classifier.components.metrics import bootstrap_intervals, headline_metrics, per_class_metrics
 from cancer_classifier.components.model_card import build_model_card, render_markdown
 from cancer_classifier.components.shortcut_audit import metadata_baseline
@@ -95,7 +95,8 @@ class Evaluation:
 
     def run(self) -> dict:
         config = self.config
-        info = dataset_info(config.data_dir)
+        data = data_report(config.data_dir)
+        info = data["dataset"]
         classes = info["classes"]
         positive = classes.index(config.positive_class)
         paths, y_true, proba = self.predict_test()
@@ -119,7 +120,7 @@ class Evaluation:
         }
         card = build_model_card(
             report,
-            load_json(config.data_dir / "data_report.json"),
+            data,
             load_json(config.base_model_dir / "base_model_info.json"),
             load_json(config.model_dir / "training_info.json"),
         )
