@@ -26,6 +26,7 @@ PARAMS_FILE_PATH = Path("params.yaml")
 
 VGG16_MIN_IMAGE_SIZE = 32
 VGG16_CONV_BLOCKS = 5
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 PROMOTION_METRICS = ("roc_auc", "accuracy", "f1", "sensitivity", "specificity", "jaccard")
 
 NUMBER = (int, float)
@@ -48,6 +49,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "model_card_file": str,
         "max_upload_mb": NUMBER,
         "dicom_window": {"center": NUMBER, "width": NUMBER},
+        "precision": str,
+        "max_batch": int,
     },
     "tracking": {
         "tracking_uri": str,
@@ -70,6 +73,8 @@ PARAMS_SCHEMA: dict[str, Any] = {
     "base_model": {
         "seed": int,
         "image_size": int,
+        "harmonise": bool,
+        "precision": str,
         "weights": str,
         "pooling": str,
         "dense_units": int,
@@ -194,6 +199,8 @@ class ConfigurationManager:
             self._fail_param("training.fine_tune.blocks", f"between 0 and {VGG16_CONV_BLOCKS}", train["fine_tune"]["blocks"])
         if not 0 <= base["dropout"] < 1:
             self._fail_param("base_model.dropout", "in [0, 1)", base["dropout"])
+        if base["precision"] not in PRECISIONS:
+            self._fail_param("base_model.precision", f"one of {PRECISIONS}", base["precision"])
         if base["pooling"] not in ("avg", "max"):
             self._fail_param("base_model.pooling", "'avg' or 'max'", base["pooling"])
         for key, value in [("learning_rate", train["learning_rate"]), ("fine_tune.learning_rate", train["fine_tune"]["learning_rate"])]:
@@ -216,6 +223,10 @@ class ConfigurationManager:
             )
         self._check_source()
         serving = self.config["serving"]
+        if serving["precision"] not in PRECISIONS:
+            raise ConfigError(f"{self.config_path}: 'serving.precision' must be one of {PRECISIONS}, got {serving['precision']!r}")
+        if serving["max_batch"] < 1:
+            raise ConfigError(f"{self.config_path}: 'serving.max_batch' must be at least 1, got {serving['max_batch']!r}")
         if not serving["max_upload_mb"] > 0 or not serving["dicom_window"]["width"] > 0:
             raise ConfigError(
                 f"{self.config_path}: 'serving.max_upload_mb' and 'serving.dicom_window.width' must be positive"
@@ -273,6 +284,7 @@ class ConfigurationManager:
             data_dir=self._dir("data_ingestion"),
             seed=base["seed"],
             image_size=base["image_size"],
+            harmonise=base["harmonise"],
             weights=weights,
             pooling=base["pooling"],
             dense_units=base["dense_units"],
@@ -304,6 +316,7 @@ class ConfigurationManager:
             fine_tune_blocks=train["fine_tune"]["blocks"],
             fine_tune_epochs=train["fine_tune"]["epochs"],
             fine_tune_learning_rate=float(train["fine_tune"]["learning_rate"]),
+            precision=self.params["base_model"]["precision"],
             tracking=self.tracking(),
         )
 
@@ -319,6 +332,7 @@ class ConfigurationManager:
             bootstrap_resamples=evaluation["bootstrap_resamples"],
             shortcut_margin=float(evaluation["shortcut_margin"]),
             seed=evaluation["seed"],
+            precision=self.params["base_model"]["precision"],
         )
 
     def tracking(self) -> TrackingConfig:
@@ -346,6 +360,8 @@ class ConfigurationManager:
             max_upload_bytes=int(serving["max_upload_mb"] * 1024 * 1024),
             dicom_window_center=float(serving["dicom_window"]["center"]),
             dicom_window_width=float(serving["dicom_window"]["width"]),
+            precision=serving["precision"],
+            max_batch=serving["max_batch"],
             use_registry=bool(os.environ.get("MLFLOW_TRACKING_URI")),
             tracking=self.tracking(),
         )

@@ -33,6 +33,7 @@ class PrepareBaseModelConfig:
     data_dir: Path  # ingestion output: tells the number of classes and whether the data is a demo
     seed: int
     image_size: int
+    harmonise: bool  # grayscale, intensity stretch, crop to body, aspect-preserving pad (in the model)
     weights: str  # "imagenet", "none" or a path to a weights file
     pooling: str
     dense_units: int
@@ -65,6 +66,7 @@ class TrainingConfig:
     fine_tune_blocks: int
     fine_tune_epochs: int
     fine_tune_learning_rate: float
+    precision: str  # auto | float32 | mixed_bfloat16: for the frozen base's feature pass and fine-tuning
     tracking: "TrackingConfig"
 
 
@@ -79,6 +81,7 @@ class EvaluationConfig:
     bootstrap_resamples: int
     shortcut_margin: float
     seed: int
+    precision: str
 
 
 @dataclass(frozen=True)
@@ -111,5 +114,7 @@ class ServingConfig:
     max_upload_bytes: int
     dicom_window_center: float
     dicom_window_width: float
+    precision: str  # auto | float32 | mixed_bfloat16
+    max_batch: int  # most images one /predict request may carry
     use_registry: bool  # True when MLFLOW_TRACKING_URI is set: serve models:/<name>@<alias>
     tracking: TrackingConfig
