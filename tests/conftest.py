@@ -14,13 +14,14 @@ from cancer_classifier.config import ConfigurationManager
 REPO = Path(__file__).resolve().parents[1]
 # One setting finds the read-only real data (chest CT, DICOM, pretrained weights).
 SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()
-STAGE_DIRS = ("data_ingestion", "prepare_base_model", "training", "evaluation", "register")
+STAGE_DIRS = ("data_ingestion", "prepare_base_model", "features", "training", "evaluation", "register")
 
 # Small enough for seconds on two CPU cores, large enough to learn the phantoms.
 TINY_PARAMS = {
     "data": {"synthetic": {"images_per_class": 30, "image_size": 96}},
     "base_model": {"image_size": 64, "dense_units": 16},
-    "training": {"epochs": 25, "early_stopping_patience": 5, "augmentation": {"views": 1}},
+    "features": {"views": 1},
+    "training": {"epochs": 25, "early_stopping_patience": 5},
     "evaluation": {"bootstrap_resamples": 200},
 }
 
@@ -109,6 +110,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> ConfigurationMa
     """The whole pipeline, run once on tiny synthetic data: every stage's real outputs."""
     from cancer_classifier.components.data_ingestion import DataIngestion
     from cancer_classifier.components.evaluation import Evaluation
+    from cancer_classifier.components.features import Features
     from cancer_classifier.components.prepare_base_model import PrepareBaseModel
     from cancer_classifier.components.registry import ModelRegistry
     from cancer_classifier.components.training import Training
@@ -118,6 +120,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> ConfigurationMa
     manager = ConfigurationManager(*write_project(root, None, TINY_PARAMS), project_root=root)
     DataIngestion(manager.data_ingestion()).run()
     PrepareBaseModel(manager.prepare_base_model()).run()
+    Features(manager.features()).run()
     Training(manager.training()).run()
     Evaluation(manager.evaluation()).run()
     ModelRegistry(manager.registry()).run()

@@ -47,7 +47,7 @@ def repo_copy(tmp_path_factory) -> Path:
 
 def test_default_dvc_repro_completes_and_the_demo_model_learns(repo_copy):
     output = run(["dvc", "repro"], repo_copy)
-    assert stages_run(output) == ["data_ingestion", "prepare_base_model", "training", "evaluation", "register"]
+    assert stages_run(output) == ["data_ingestion", "prepare_base_model", "features", "training", "evaluation", "register"]
     scores = json.loads((repo_copy / "scores.json").read_text())
     assert scores["demo"] is True
     assert scores["roc_auc"] >= 0.9, scores
@@ -62,7 +62,7 @@ def test_editing_a_component_reruns_only_it_and_its_dependants(repo_copy):
     assert ran[0] == "evaluation" and set(ran) <= {"evaluation", "register"}
 
 
-def test_changing_a_training_param_skips_ingestion_and_base_model(repo_copy):
+def test_changing_a_head_param_reuses_the_cached_features(repo_copy):
     params = repo_copy / "params.yaml"
     params.write_text(params.read_text().replace("  epochs: 60\n", "  epochs: 59\n"))
     ran = stages_run(run(["dvc", "repro"], repo_copy))

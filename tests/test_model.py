@@ -1,17 +1,29 @@
-"""Stage 2's model: preprocessing inside it, a correctly frozen base, weights from a local file."""
+"""Stage 2's model: harmonisation and preprocessing inside it, a correctly frozen base, local weights, precision."""
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
-from cancer_classifier.modeling import build_classifier, feature_extractor, load_classifier, unfreeze_last_blocks
+from cancer_classifier.components.dataset import image_batches
+from cancer_classifier.modeling import (
+    Harmonise,
+    after_harmonise,
+    build_classifier,
+    feature_extractor,
+    harmonise_layer,
+    in_precision,
+    load_classifier,
+    unfreeze_last_blocks,
+)
 from tests.conftest import shared_path
 
 
 @pytest.fixture(scope="module")
 def model() -> keras.Model:
     keras.utils.set_random_seed(0)
-    return build_classifier(48, 3, "none", "avg", 8, 0.2)
+    return build_classifier(48, 3, "none", "avg", 8, 0.2, harmonise=True)
 
 
 def test_preprocessing_lives_in_the_model(model):
@@ -49,8 +61,61 @@ def test_saved_model_predicts_the_same(tmp_path, model):
 
 def test_local_pretrained_weights_file_loads():
     weights = shared_path("models/vgg16_notop.weights.h5")
-    pretrained = build_classifier(64, 2, str(weights), "avg", 8, 0.2).get_layer("vgg16")
+    pretrained = build_classifier(64, 2, str(weights), "avg", 8, 0.2, harmonise=False).get_layer("vgg16")
     reference = keras.applications.VGG16(include_top=False, weights=str(weights), input_shape=(64, 64, 3))
     for name in ("block1_conv1", "block5_conv3"):
         for ours, theirs in zip(pretrained.get_layer(name).get_weights(), reference.get_layer(name).get_weights()):
             assert np.array_equal(ours, theirs)
+
+
+def body_image(height: int, width: int, top: int, left: int, size: tuple[int, int], tint=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """A bright elliptical 'body' with a dark 'lung' inside, placed anywhere in a black frame."""
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx, ry, rx = top + size[0] / 2, left + size[1] / 2, size[0] / 2, size[1] / 2
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    lung = ((yy - cy) / (ry / 2)) ** 2 + ((xx - cx - rx / 3) / (rx / 4)) ** 2 <= 1
+    gray = np.where(inside, 180.0, 0.0) - np.where(lung, 150.0, 0.0)
+    return (gray[..., None] * np.array(tint)).astype("float32")
+
+
+def test_harmonisation_removes_framing_colour_and_intensity_range():
+    harmonise = Harmonise(64, harmonise=True)
+    centred = harmonise.one(tf.constant(body_image(200, 200, 50, 20, (100, 160)))).numpy()
+    # The same body, elsewhere in a bigger frame, tinted and dimmed: the same harmonised image.
+    moved = body_image(300, 420, 170, 230, (100, 160), tint=(0.5, 0.4, 0.3)) + 10
+    assert np.abs(harmonise.one(tf.constant(moved)).numpy() - centred).mean() < 2.0
+    assert np.array_equal(centred[..., 0], centred[..., 2])  # grayscale as RGB
+    # Aspect kept: a 100 x 160 body spans the full width and 40 of 64 rows, black padding above and below.
+    body_rows = np.flatnonzero(centred[..., 0].max(axis=1) > 25)
+    assert centred[..., 0].max(axis=0).min() > 25 and 36 <= len(body_rows) <= 44
+    assert centred[:8].max() == 0 and centred[-8:].max() == 0
+
+
+def test_harmonisation_off_only_resizes():
+    image = np.random.default_rng(3).uniform(0, 255, (90, 50, 3)).astype("float32")
+    resized = tf.image.resize(image, (32, 32), antialias=True).numpy()
+    assert np.array_equal(Harmonise(32, harmonise=False).one(tf.constant(image)).numpy(), resized)
+
+
+def test_training_path_matches_serving_path_exactly(tmp_path, model):
+    """Batches harmonised image by image (training, evaluation) give what the whole model gives
+    each raw upload (serving), for uploads of different sizes."""
+    paths = []
+    for i, (h, w) in enumerate([(120, 90), (64, 200), (300, 300)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(body_image(h, w, h // 5, w // 6, (h // 2, w // 2)).astype("uint8")).save(paths[-1])
+    batched = after_harmonise(model).predict(image_batches(paths, harmonise_layer(model), 2), verbose=0)
+    for path, probabilities in zip(paths, batched):
+        raw = np.asarray(Image.open(path).convert("RGB"), dtype="float32")[None]
+        assert np.allclose(model.predict(raw, verbose=0)[0], probabilities, atol=1e-6)
+
+
+def test_bfloat16_copy_keeps_weights_and_float32_outputs(model):
+    images = np.random.default_rng(4).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+    fast = in_precision(model, "mixed_bfloat16")
+    assert fast.get_layer("vgg16").get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
+    assert all(np.array_equal(a, b) for a, b in zip(fast.get_weights(), model.get_weights()))
+    probabilities = fast.predict(images, verbose=0)
+    assert probabilities.dtype == np.float32
+    assert np.allclose(probabilities, model.predict(images, verbose=0), atol=0.02)
+    assert in_precision(model, "float32") is model

@@ -2,17 +2,19 @@
 
 import csv
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.components.dataset import image_batches, split_files
+from cancer_classifier.components.dataset import split_files
 from cancer_classifier.components.registry import ModelRegistry
 from cancer_classifier.modeling import load_classifier
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import load_json
+from cancer_classifier.utils.images import decode_image
 
 
 def test_training_writes_model_mapping_history_and_demo_metadata(trained_project):
@@ -62,7 +64,7 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     training_run = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert "head_val_loss" in training_run.data.metrics  # per-epoch metrics from training
     paths, _ = split_files(trained_project.evaluation().data_dir, "test")
-    image = next(iter(image_batches(paths[:1], 64, 1))).numpy()
+    image = decode_image(Path(paths[0]).read_bytes())[None].astype("float32")  # raw: the model harmonises
     served = mlflow.pyfunc.load_model(f"models:/{tracking.registered_model}@{tracking.alias}").predict(image)
     local = load_classifier(trained_project.training().root_dir / "model.keras").predict(image, verbose=0)
     assert np.allclose(np.asarray(served), local, atol=1e-6)

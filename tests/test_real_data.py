@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from cancer_classifier.components.data_ingestion import DataIngestion
-from cancer_classifier.components.dataset import image_batches, split_files
+from cancer_classifier.components.dataset import split_files
 from cancer_classifier.components.evaluation import Evaluation
+from cancer_classifier.components.features import Features, extract_features
 from cancer_classifier.components.prepare_base_model import PrepareBaseModel
 from cancer_classifier.components.training import Training
 from cancer_classifier.modeling import feature_extractor, load_classifier
@@ -26,9 +27,17 @@ def real_params(**data) -> dict:
         "data": data,
         "base_model": {"weights": str(shared_path("models/vgg16_notop.weights.h5")), "image_size": 224,
                        "pooling": "avg", "dense_units": 64},
-        "training": {"epochs": 60, "early_stopping_patience": 8, "augmentation": {"views": 2}},
+        "features": {"views": 2},
+        "training": {"epochs": 60, "early_stopping_patience": 8},
         "evaluation": {"bootstrap_resamples": 1000},
     }
+
+
+def train_and_evaluate(manager) -> dict:
+    PrepareBaseModel(manager.prepare_base_model()).run()
+    Features(manager.features()).run()
+    Training(manager.training()).run()
+    return Evaluation(manager.evaluation()).run()
 
 
 def test_adenocarcinoma_vs_normal_reaches_auc_090_on_its_own_held_out_split(project):
@@ -40,9 +49,7 @@ def test_adenocarcinoma_vs_normal_reaches_auc_090_on_its_own_held_out_split(proj
     # train/normal holds 55 distinct images in 148 files; train/adenocarcinoma one copy (ad16 = ad21)
     assert report["exact_duplicates_removed"] == 93 + 1
     assert sum(report["counts"][s]["normal"] for s in report["counts"]) <= 55
-    PrepareBaseModel(manager.prepare_base_model()).run()
-    Training(manager.training()).run()
-    result = Evaluation(manager.evaluation()).run()
+    result = train_and_evaluate(manager)
     print("\nreal data, adenocarcinoma vs normal:", result["metrics"], result["ci95"]["roc_auc"], result["test_images"])
     assert result["demo"] is False
     assert result["metrics"]["roc_auc"] >= 0.90
@@ -64,9 +71,7 @@ def test_four_classes_reach_macro_auc_095_with_audit_card_and_ood_guard(project)
     report = DataIngestion(manager.data_ingestion()).run()
     conflict = report["conflicting_labels"][0]  # l4.png == sq2.png: the one cross-class duplicate
     assert sorted(conflict["labels"]) == ["large.cell.carcinoma", "squamous.cell.carcinoma"]
-    PrepareBaseModel(manager.prepare_base_model()).run()
-    Training(manager.training()).run()
-    result = Evaluation(manager.evaluation()).run()
+    result = train_and_evaluate(manager)
     print("\nreal data, four classes:", result["metrics"], result["ci95"]["roc_auc"], result["test_images"],
           "baseline", result["baseline"]["metrics"]["roc_auc"])
     assert result["averaging"] == "macro over classes"
@@ -81,7 +86,7 @@ def test_four_classes_reach_macro_auc_095_with_audit_card_and_ood_guard(project)
     reference = OODReference.load(manager.training().root_dir / REFERENCE_FILE)
     extractor = feature_extractor(model)
     paths, _ = split_files(manager.evaluation().data_dir, "test")
-    test_features = extractor.predict(image_batches(paths, 224, 16), verbose=0)
+    test_features = extract_features(model, paths, batch_size=16)
     assert reference.in_distribution(test_features).mean() >= 0.8
     blank, noise = np.zeros((1, 300, 300, 3), "float32"), np.random.default_rng(0).uniform(0, 255, (1, 300, 300, 3))
     assert not reference.in_distribution(extractor.predict(blank, verbose=0)).any()

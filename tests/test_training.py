@@ -1,9 +1,16 @@
-"""Training helpers: feature standardisation that survives dead units, balanced class weights."""
+"""Features and training: the feature cache, standardisation that survives dead units, balanced
+class weights, the drift reference, and fine-tuning in bfloat16."""
 
 import keras
 import numpy as np
 
-from cancer_classifier.components.training import class_weights, fit_normalization
+from cancer_classifier.components.data_ingestion import DataIngestion
+from cancer_classifier.components.dataset import split_files
+from cancer_classifier.components.features import Features, load_features
+from cancer_classifier.components.prepare_base_model import PrepareBaseModel
+from cancer_classifier.components.training import Training, class_weights, fit_normalization
+from cancer_classifier.modeling import load_classifier
+from cancer_classifier.utils.common import load_json
 
 
 def test_a_feature_constant_in_training_does_not_explode_on_new_data():
@@ -25,3 +32,40 @@ def test_class_weights_balance_the_loss():
     weights = class_weights(labels, 2)
     assert weights[0] * 30 == weights[1] * 10
     assert np.isclose(sum(weights[c] * (labels == c).sum() for c in weights), len(labels))
+
+
+def test_features_are_cached_per_view_and_the_head_trains_on_them(trained_project):
+    out = trained_project.features().root_dir
+    cached, info = load_features(out), load_json(out / "features_info.json")
+    train_files, train_labels = split_files(trained_project.training().data_dir, "train")
+    views = trained_project.features().views
+    assert cached["train"].shape == (views * len(train_files), 512)
+    assert np.array_equal(cached["train_labels"], np.tile(train_labels, views))
+    assert info["forward_passes"] == views * len(train_files) + len(cached["val"])
+    assert info["precision"] in ("float32", "mixed_bfloat16")
+
+
+def test_input_reference_describes_the_training_split(trained_project):
+    reference = load_json(trained_project.training().root_dir / "input_reference.json")
+    assert reference["images"] == len(split_files(trained_project.training().data_dir, "train")[0])
+    for name in ("width", "height", "mean", "std"):
+        statistic = reference["statistics"][name]
+        assert len(statistic["fractions"]) == len(statistic["edges"]) + 1
+        assert np.isclose(sum(statistic["fractions"]), 1)
+    assert np.isclose(sum(reference["class_mix"].values()), 1)
+
+
+def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32(project):
+    manager = project(params={"features": {"precision": "mixed_bfloat16"},
+                              "training": {"epochs": 3, "fine_tune": {"blocks": 1, "epochs": 1}}})
+    DataIngestion(manager.data_ingestion()).run()
+    PrepareBaseModel(manager.prepare_base_model()).run()
+    Features(manager.features()).run()
+    Training(manager.training()).run()
+    before = load_classifier(manager.prepare_base_model().root_dir / "base_model.keras").get_layer("vgg16")
+    after = load_classifier(manager.training().root_dir / "model.keras").get_layer("vgg16")
+    assert not np.array_equal(before.get_layer("block5_conv3").get_weights()[0], after.get_layer("block5_conv3").get_weights()[0])
+    assert np.array_equal(before.get_layer("block4_conv3").get_weights()[0], after.get_layer("block4_conv3").get_weights()[0])
+    assert after.get_layer("block5_conv3").dtype_policy.name == "float32"
+    info = load_json(manager.training().root_dir / "training_info.json")
+    assert info["precision"] == "mixed_bfloat16" and info["fine_tune_epochs"] == 1

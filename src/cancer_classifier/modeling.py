@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
 VGG16_FEATURES = 512
@@ -29,9 +30,70 @@ def vgg16_preprocess() -> layers.Dense:
     return layer
 
 
-def resizing(image_size: int) -> layers.Resizing:
-    """The one resize used everywhere: bilinear with antialiasing, as a layer."""
-    return layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True, name="resize")
+@keras.saving.register_keras_serializable(package="cancer_classifier")
+class Harmonise(layers.Layer):
+    """Raw RGB pixels (0..255) of any size -> a square ``image_size`` image, one image at a time.
+
+    Off, it only resizes (bilinear, antialiased). On, it first removes cues of where an image came
+    from rather than what it shows: colour (grayscale as RGB), the intensity range (stretched so the
+    darkest pixel is 0 and the brightest 255), the framing around the body (cropped to the rows and
+    columns the body occupies) and the aspect ratio (kept, padded with black to a square).
+    Each image of a batch is treated alone, so a batch gives exactly what single images give.
+    """
+
+    # A pixel is "body" above 10% of the image's intensity range; a row or column is inside the body
+    # when at least 2% of its pixels are: thin text overlays and the scanner table's edge are not.
+    BODY_LEVEL = 0.1
+    BODY_LINE_FRACTION = 0.02
+
+    def __init__(self, image_size: int, harmonise: bool, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self.harmonise = harmonise
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "image_size": self.image_size, "harmonise": self.harmonise}
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], self.image_size, self.image_size, 3)
+
+    def call(self, images):
+        images = tf.cast(images, "float32")
+        spec = tf.TensorSpec((self.image_size, self.image_size, 3), "float32")
+        return tf.map_fn(self.one, images, fn_output_signature=spec)
+
+    def one(self, image: tf.Tensor) -> tf.Tensor:
+        """One (H, W, 3) image -> (image_size, image_size, 3)."""
+        size = (self.image_size, self.image_size)
+        if not self.harmonise:
+            return tf.image.resize(image, size, method="bilinear", antialias=True)
+        gray = tf.reduce_mean(image, axis=-1, keepdims=True)
+        low, high = tf.reduce_min(gray), tf.reduce_max(gray)
+        gray = (gray - low) * (255.0 / tf.maximum(high - low, 1e-6))
+        body = tf.cast(gray > 255.0 * self.BODY_LEVEL, "float32")
+        rows = tf.reduce_mean(body, axis=[1, 2]) >= self.BODY_LINE_FRACTION
+        cols = tf.reduce_mean(body, axis=[0, 2]) >= self.BODY_LINE_FRACTION
+        top, bottom = _first_last(rows)
+        left, right = _first_last(cols)
+        height, width = bottom - top, right - left
+        side = tf.maximum(height, width)
+        # Pad to a square with black (the stretched background), body centred, then resize.
+        square = tf.pad(gray[top:bottom, left:right], [
+            [(side - height) // 2, side - height - (side - height) // 2],
+            [(side - width) // 2, side - width - (side - width) // 2],
+            [0, 0],
+        ])
+        resized = tf.image.resize(square, size, method="bilinear", antialias=True)
+        return tf.repeat(tf.clip_by_value(resized, 0.0, 255.0), 3, axis=-1)
+
+
+def _first_last(inside: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The span [first, last + 1) of True values; the whole range when there is none (a blank image)."""
+    length = tf.shape(inside)[0]
+    if_any = tf.reduce_any(inside)
+    first = tf.where(if_any, tf.argmax(tf.cast(inside, "int32"), output_type="int32"), 0)
+    last = tf.where(if_any, length - tf.argmax(tf.cast(inside[::-1], "int32"), output_type="int32"), length)
+    return first, last
 
 
 def vgg16_base(image_size: int, weights: str) -> keras.Model:
@@ -42,7 +104,7 @@ def vgg16_base(image_size: int, weights: str) -> keras.Model:
 
 
 def build_classifier(
-    image_size: int, n_classes: int, weights: str, pooling: str, dense_units: int, dropout: float
+    image_size: int, n_classes: int, weights: str, pooling: str, dense_units: int, dropout: float, harmonise: bool
 ) -> keras.Model:
     base = vgg16_base(image_size, weights)
     base.trainable = False
@@ -59,15 +121,33 @@ def build_classifier(
         name="head",
     )
     inputs = keras.Input((None, None, 3), name="image")
-    x = vgg16_preprocess()(resizing(image_size)(inputs))
-    x = base(x, training=False)  # BatchNorm-free VGG16, but inference mode keeps fine-tuning safe
+    x = Harmonise(image_size, harmonise, name="harmonise")(inputs)
+    x = base(vgg16_preprocess()(x), training=False)  # BatchNorm-free VGG16; inference mode keeps fine-tuning safe
     outputs = head(pool(name="pooling")(x))
     return keras.Model(inputs, outputs, name="vgg16_classifier")
+
+
+def harmonise_layer(model: keras.Model) -> Harmonise:
+    return model.get_layer("harmonise")
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """Raw pixels -> pooled VGG16 features: the part of the model that stays frozen."""
     return keras.Model(model.input, model.get_layer("pooling").output, name="feature_extractor")
+
+
+def after_harmonise(model: keras.Model, output_layer: str | None = None) -> keras.Model:
+    """The model (or its part up to ``output_layer``) from harmonised images on.
+
+    Batches of differently sized images are harmonised one by one (``dataset.image_batches``) and
+    then fed here: the same operations, in the same order, as the whole model applies to one image.
+    """
+    inputs = keras.Input((None, None, 3), name="harmonised")
+    x = model.get_layer("vgg16")(model.get_layer("vgg16_preprocess")(inputs), training=False)
+    x = model.get_layer("pooling")(x)
+    if output_layer != "pooling":
+        x = model.get_layer("head")(x)
+    return keras.Model(inputs, x, name=f"{model.name}_after_harmonise")
 
 
 def unfreeze_last_blocks(model: keras.Model, blocks: int) -> None:
@@ -88,3 +168,38 @@ def load_classifier(path: Path) -> keras.Model:
 def intended_use(demo: bool) -> str:
     """The notice every model carries: in its metadata, its MLflow tags, the app and the API."""
     return ("DEMO model trained on synthetic phantoms, not on patient images. " if demo else "") + NOT_FOR_CLINICAL_USE
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated, not faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``mixed_bfloat16`` on CPUs with native bfloat16, else ``float32``."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if native_bfloat16() else "float32"
+
+
+def in_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The same model, with the same weights, computing in ``precision``.
+
+    Harmonisation and the final probabilities stay float32, so outputs and metrics are float32.
+    """
+    if resolve_precision(precision) == "float32":
+        return model
+
+    def clone(layer: layers.Layer) -> layers.Layer:
+        config = layer.get_config()
+        if layer.name not in ("harmonise", "probabilities"):
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy

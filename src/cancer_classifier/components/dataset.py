@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cancer_classifier.modeling import resizing
+from cancer_classifier.modeling import Harmonise
 from cancer_classifier.utils.common import load_json
 
 
@@ -37,13 +37,14 @@ def split_files(data_dir: Path, split: str) -> tuple[list[str], np.ndarray]:
     return paths, np.array([classes.index(row["label"]) for row in rows], dtype=np.int64)
 
 
-def image_batches(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
-    """Decode in parallel, resize exactly as the model does, batch and prefetch (order preserved)."""
-    resize = resizing(image_size)
+def image_batches(paths: list[str], harmonise: Harmonise, batch_size: int) -> tf.data.Dataset:
+    """Decode in parallel, harmonise each image exactly as the model does, batch and prefetch.
+
+    Feed the batches to ``modeling.after_harmonise(model)``; order is preserved.
+    """
 
     def load(path: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_png(tf.io.read_file(path), channels=3)
-        return resize(tf.cast(image, tf.float32))
+        return harmonise.one(tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=3), "float32"))
 
     return (
         tf.data.Dataset.from_tensor_slices(paths)

@@ -18,7 +18,7 @@ from cancer_classifier.components.metrics import bootstrap_intervals, headline_m
 from cancer_classifier.components.model_card import build_model_card, render_markdown
 from cancer_classifier.components.shortcut_audit import metadata_baseline
 from cancer_classifier.entity import EvaluationConfig
-from cancer_classifier.modeling import load_classifier
+from cancer_classifier.modeling import after_harmonise, harmonise_layer, load_classifier
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
 
@@ -89,8 +89,8 @@ class Evaluation:
     def predict_test(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         model = load_classifier(self.config.model_dir / "model.keras")
         paths, y_true = split_files(self.config.data_dir, "test")
-        image_size = model.get_layer("resize").get_config()["height"]
-        proba = model.predict(image_batches(paths, image_size, PREDICT_BATCH), verbose=1)
+        batches = image_batches(paths, harmonise_layer(model), PREDICT_BATCH)
+        proba = after_harmonise(model).predict(batches, verbose=1)
         return paths, y_true, proba.astype(np.float64)
 
     def run(self) -> dict:

@@ -1,8 +1,7 @@
-"""Stage 3: train the head on cached frozen-base features, then optionally fine-tune end to end.
+"""Stage 4: train the head on the cached frozen-base features, then optionally fine-tune end to end.
 
-While VGG16 is frozen its output for an image never changes, so the features of each image (and
-of a few augmented views of it) are computed once and the head trains on them in seconds instead
-of paying a full VGG16 pass per image per epoch.
+The features stage paid the VGG16 passes once; the head trains on its arrays in seconds. Fine-tuning
+(unfrozen last blocks) starts from the best head and runs end to end on images, as it must.
 """
 
 import time
@@ -13,27 +12,22 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
-from cancer_classifier.entity import AugmentationConfig, TrainingConfig
-from cancer_classifier.modeling import feature_extractor, intended_use, load_classifier, unfreeze_last_blocks
+from cancer_classifier.components.dataset import dataset_info, image_batches, split_files, split_rows
+from cancer_classifier.components.features import augmenter, extract_features, load_features
+from cancer_classifier.entity import TrainingConfig
+from cancer_classifier.modeling import (
+    after_harmonise,
+    harmonise_layer,
+    in_precision,
+    intended_use,
+    load_classifier,
+    resolve_precision,
+    unfreeze_last_blocks,
+)
 from cancer_classifier.ood import REFERENCE_FILE, fit_reference
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
-
-
-def augmenter(config: AugmentationConfig, seed: int) -> keras.Sequential:
-    """Random flips, rotations, zoom and contrast, active only when called with training=True."""
-    steps = []
-    if config.flip:
-        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if config.rotation:
-        steps.append(keras.layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed))
-    if config.zoom:
-        steps.append(keras.layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed))
-    if config.contrast:
-        steps.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed))
-    return keras.Sequential(steps, name="augmentation")
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -64,21 +58,30 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics({f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
 
 
+# Cheap statistics of the training images that serving compares live traffic with (drift).
+INPUT_STATISTICS = ("width", "height", "mean", "std")
+REFERENCE_BINS = 10
+
+
+def input_reference(data_dir: Path, classes: list[str]) -> dict:
+    """Decile bins of each input statistic over the training split, and its class mix."""
+    rows = split_rows(data_dir, "train")
+    reference = {"images": len(rows), "statistics": {}, "class_mix": {}}
+    for name in INPUT_STATISTICS:
+        values = np.array([float(row[name]) for row in rows])
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, REFERENCE_BINS + 1)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        reference["statistics"][name] = {"edges": edges.tolist(), "fractions": (counts / len(values)).tolist()}
+    labels = [row["label"] for row in rows]
+    reference["class_mix"] = {name: labels.count(name) / len(labels) for name in classes}
+    return reference
+
+
 class Training:
     def __init__(self, config: TrainingConfig) -> None:
         self.config = config
         self.image_size = load_json(config.base_model_dir / "base_model_info.json")["image_size"]
-
-    def extract_features(self, extractor: keras.Model, paths: list[str], views: int) -> np.ndarray:
-        """Features of every image, for view 0 (as is) and ``views - 1`` augmented views, stacked."""
-        augment = augmenter(self.config.augmentation, self.config.seed)
-        batches = image_batches(paths, self.image_size, self.config.batch_size)
-        stacked = []
-        for view in range(views):
-            images = batches if view == 0 else batches.map(lambda x: augment(x, training=True))
-            logger.info("VGG16 features, view %d of %d (%d images)", view + 1, views, len(paths))
-            stacked.append(extractor.predict(images, verbose=1))
-        return np.concatenate(stacked)
+        self.precision = resolve_precision(config.precision)
 
     def early_stopping(self) -> keras.callbacks.EarlyStopping:
         return keras.callbacks.EarlyStopping(
@@ -106,17 +109,21 @@ class Training:
         return history.history
 
     def fine_tune(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
+        """Train the last conv blocks and the head end to end, in the configured precision."""
         config = self.config
-        unfreeze_last_blocks(model, config.fine_tune_blocks)
-        model.compile(  # recompile after changing trainable, at a very low rate
+        tuned = in_precision(model, self.precision)
+        unfreeze_last_blocks(tuned, config.fine_tune_blocks)
+        end_to_end = after_harmonise(tuned)
+        end_to_end.compile(  # compiled after changing trainable, at a very low rate
             optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
         augment = augmenter(config.augmentation, config.seed)
+        harmonise = harmonise_layer(model)
 
         def labelled(paths: list[str], labels: np.ndarray) -> tf.data.Dataset:
-            images = image_batches(paths, self.image_size, config.batch_size).unbatch()
+            images = image_batches(paths, harmonise, config.batch_size).unbatch()
             return tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels))
 
         train_ds = (
@@ -124,12 +131,12 @@ class Training:
             .map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE)
         )
-        val_ds = labelled(*val).batch(config.batch_size)
-        history = model.fit(
-            train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
+        history = end_to_end.fit(
+            train_ds, validation_data=labelled(*val).batch(config.batch_size), epochs=config.fine_tune_epochs,
             class_weight=class_weights(train[1], n_classes) if config.class_weights else None,
             callbacks=[self.early_stopping(), MlflowEpochLogger("fine_tune_")], verbose=2,
         )
+        model.set_weights(tuned.get_weights())  # mixed precision keeps float32 variables: same layout
         return history.history
 
     def run(self) -> Path:
@@ -138,25 +145,27 @@ class Training:
         info = dataset_info(config.data_dir)
         classes = info["classes"]
         model = load_classifier(config.base_model_dir / "base_model.keras")
+        cached = load_features(config.features_dir)
         train, val = split_files(config.data_dir, "train"), split_files(config.data_dir, "val")
         experiment_id = use_experiment(config.tracking)
         started = time.perf_counter()
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.set_tags({"stage": "training", "demo": str(info["demo"]).lower()})
-            extractor = feature_extractor(model)
-            x_train = self.extract_features(extractor, train[0], config.augmentation.views)
-            x_val = self.extract_features(extractor, val[0], 1)
-            y_train = np.tile(train[1], config.augmentation.views)
-            history = {"head": self.train_head(model.get_layer("head"), x_train, y_train, x_val, val[1], len(classes))}
+            x_train, x_val = cached["train"], cached["val"]
+            history = {"head": self.train_head(
+                model.get_layer("head"), x_train, cached["train_labels"], x_val, cached["val_labels"], len(classes)
+            )}
             if config.fine_tune_blocks:
                 history["fine_tune"] = self.fine_tune(model, train, val, len(classes))
                 # fine-tuning moved the features: the reference must describe the final model's
-                x_train, x_val = (self.extract_features(extractor, paths, 1) for paths in (train[0], val[0]))
+                final = in_precision(model, self.precision)
+                x_train, x_val = (extract_features(final, paths, config.batch_size) for paths in (train[0], val[0]))
             ood = fit_reference(x_train[: len(train[0])], x_val, config.ood_components, config.ood_quantile)
         seconds = time.perf_counter() - started
         with atomic_directory(config.root_dir) as out:
             model.save(out / "model.keras")
             ood.save(out / REFERENCE_FILE)
+            save_json(out / "input_reference.json", input_reference(config.data_dir, classes))
             save_json(out / "class_indices.json", {name: i for i, name in enumerate(classes)})
             save_json(out / "model_metadata.json", {
                 "classes": classes,
@@ -171,7 +180,8 @@ class Training:
                 "seed": config.seed,
                 "train_images": len(train[0]),
                 "val_images": len(val[0]),
-                "feature_views": config.augmentation.views,
+                "feature_views": load_json(config.features_dir / "features_info.json")["views"],
+                "precision": self.precision,
                 "head_epochs": len(history["head"]["loss"]),
                 "fine_tune_epochs": len(history.get("fine_tune", {}).get("loss", [])),
                 "train_seconds": round(seconds, 1),

@@ -2,6 +2,7 @@ from cancer_classifier.entity.config_entity import (
     AugmentationConfig,
     DataIngestionConfig,
     EvaluationConfig,
+    FeaturesConfig,
     PrepareBaseModelConfig,
     RegistryConfig,
     ServingConfig,
@@ -9,15 +10,34 @@ from cancer_classifier.entity.config_entity import (
     TrackingConfig,
     TrainingConfig,
 )
+from cancer_classifier.entity.tabular import (
+    ColumnSpec,
+    TabularEvaluationConfig,
+    TabularIngestionConfig,
+    TabularModelSpec,
+    TabularRegistryConfig,
+    TabularServingConfig,
+    TabularTask,
+    TabularTrainingConfig,
+)
 
 __all__ = [
     "AugmentationConfig",
+    "ColumnSpec",
     "DataIngestionConfig",
     "EvaluationConfig",
+    "FeaturesConfig",
     "PrepareBaseModelConfig",
     "RegistryConfig",
     "ServingConfig",
     "SyntheticConfig",
+    "TabularEvaluationConfig",
+    "TabularIngestionConfig",
+    "TabularModelSpec",
+    "TabularRegistryConfig",
+    "TabularServingConfig",
+    "TabularTask",
+    "TabularTrainingConfig",
     "TrackingConfig",
     "TrainingConfig",
 ]

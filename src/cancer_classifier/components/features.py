@@ -1,0 +1,89 @@
+"""Stage 3: the frozen base's features, computed once per image (and augmented view) and cached.
+
+While VGG16 is frozen its output for an image never changes, so the head trains on these arrays in
+seconds instead of paying a full VGG16 pass per image per epoch. DVC keeps this output while only
+head settings change: it depends on the data, the base model and the ``features`` params alone.
+"""
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cancer_classifier.components.dataset import image_batches, split_files
+from cancer_classifier.entity import AugmentationConfig, FeaturesConfig
+from cancer_classifier.modeling import after_harmonise, harmonise_layer, in_precision, load_classifier, resolve_precision
+from cancer_classifier.utils.common import atomic_directory, save_json
+from cancer_classifier.utils.logging import logger
+
+FEATURE_FILE = "features.npz"
+
+
+def augmenter(config: AugmentationConfig, seed: int) -> keras.Sequential:
+    """Random flips, rotations, zoom and contrast, active only when called with training=True."""
+    steps = []
+    if config.flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if config.rotation:
+        steps.append(keras.layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed))
+    if config.zoom:
+        steps.append(keras.layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed))
+    if config.contrast:
+        steps.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed))
+    return keras.Sequential(steps, name="augmentation")
+
+
+def extract_features(
+    model: keras.Model, paths: list[str], batch_size: int, views: int = 1, augment: keras.Sequential | None = None
+) -> np.ndarray:
+    """Pooled base features of every image: view 0 as is, then ``views - 1`` augmented views, stacked."""
+    extractor = after_harmonise(model, "pooling")
+    batches = image_batches(paths, harmonise_layer(model), batch_size)
+    stacked = []
+    for view in range(views):
+        images = batches if view == 0 else batches.map(lambda x: augment(x, training=True))
+        logger.info("VGG16 features, view %d of %d (%d images)", view + 1, views, len(paths))
+        stacked.append(extractor.predict(images, verbose=1).astype(np.float32))
+    return np.concatenate(stacked)
+
+
+def load_features(features_dir: Path) -> dict[str, np.ndarray]:
+    path = Path(features_dir) / FEATURE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the features stage first (dvc repro)")
+    with np.load(path) as cached:
+        return dict(cached)
+
+
+class Features:
+    def __init__(self, config: FeaturesConfig) -> None:
+        self.config = config
+
+    def run(self) -> Path:
+        config = self.config
+        keras.utils.set_random_seed(config.seed)
+        precision = resolve_precision(config.precision)
+        model = in_precision(load_classifier(config.base_model_dir / "base_model.keras"), precision)
+        (train, y_train), (val, y_val) = (split_files(config.data_dir, split) for split in ("train", "val"))
+        started = time.perf_counter()
+        augment = augmenter(config.augmentation, config.seed)
+        arrays = {
+            "train": extract_features(model, train, config.batch_size, config.views, augment),
+            "train_labels": np.tile(y_train, config.views),
+            "val": extract_features(model, val, config.batch_size),
+            "val_labels": y_val,
+        }
+        seconds = time.perf_counter() - started
+        with atomic_directory(config.root_dir) as out:
+            np.savez(out / FEATURE_FILE, **arrays)
+            save_json(out / "features_info.json", {
+                "train_images": len(train),
+                "val_images": len(val),
+                "views": config.views,
+                "precision": precision,
+                "forward_passes": len(train) * config.views + len(val),
+                "seconds": round(seconds, 1),
+            })
+        logger.info("features of %d images in %.0f s (%s)", len(train) + len(val), seconds, precision)
+        return config.root_dir / FEATURE_FILE
