@@ -1,0 +1,331 @@
+"""The tabular tasks' sections of config.yaml (``tabular``: where things live) and params.yaml
+(``tabular``: which tasks run and how each learns), validated and turned into frozen entities.
+
+Built by ``ConfigurationManager.tabular()``; every error names the file, the key and what was expected.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+from cancer_classifier.config.configuration import (
+    NUMBER,
+    OPTIONAL_STR,
+    PROMOTION_METRICS,
+    ConfigError,
+    ConfigurationManager,
+    _check_schema,
+    _flatten,
+)
+from cancer_classifier.entity.tabular import (
+    COLUMN_TYPES,
+    TASK_KINDS,
+    ColumnSpec,
+    TabularEvaluationConfig,
+    TabularIngestionConfig,
+    TabularModelSpec,
+    TabularRegistryConfig,
+    TabularServingConfig,
+    TabularTask,
+    TabularTrainingConfig,
+)
+
+SKLEARN_SOURCES = ("sklearn:breast_cancer",)
+MODEL_KINDS = ("logistic_regression", "random_forest", "hist_gradient_boosting", "keras")
+POLICIES = ("fail", "drop")
+OPTIONAL_INT = (int, type(None))
+
+TASK_CONFIG_SCHEMA: dict[str, Any] = {
+    "title": str,
+    "kind": str,
+    "source": OPTIONAL_STR,
+    "source_sha256": OPTIONAL_STR,
+    "experiment": str,
+    "registered_model": str,
+}
+TASK_PARAMS_SCHEMA: dict[str, Any] = {
+    "data": {
+        "target": str,
+        "classes": list,
+        "positive_class": str,
+        "drop_columns": list,
+        "on_invalid": str,
+        "on_duplicate": str,
+        "test_size": NUMBER,
+        "seed": int,
+        "columns": dict,
+    },
+    "model": {
+        "kind": str,
+        "features": (str, list),
+        "seed": int,
+        "logistic_regression": {"C": NUMBER, "max_iter": int},
+        "random_forest": {"n_estimators": int, "max_depth": OPTIONAL_INT, "min_samples_leaf": int},
+        "hist_gradient_boosting": {
+            "learning_rate": NUMBER,
+            "max_iter": int,
+            "max_leaf_nodes": int,
+            "l2_regularization": NUMBER,
+        },
+        "keras": {
+            "hidden_units": list,
+            "epochs": int,
+            "batch_size": int,
+            "learning_rate": NUMBER,
+            "validation_fraction": NUMBER,
+            "patience": int,
+        },
+    },
+    "evaluation": {"cv_folds": int, "bootstrap_resamples": int, "promotion_metric": str, "seed": int},
+}
+NUMERIC_COLUMN_KEYS = {"type", "min", "max", "unit"}
+CATEGORY_COLUMN_KEYS = {"type", "categories"}
+
+
+class TabularConfiguration:
+    """The tabular tasks of one ConfigurationManager: checked on construction, entities on demand."""
+
+    def __init__(self, manager: ConfigurationManager) -> None:
+        self.manager = manager
+        self.config = manager.config["tabular"]
+        self.params = manager.params["tabular"]
+        self.config_file, self.params_file = manager.config_path, manager.params_path
+        schema = {"root_dir": str, "scores_dir": str, "max_rows": int, "tasks": dict}
+        _check_schema(self.config, schema, self.config_file, "tabular.")
+        if self.config["max_rows"] < 1:
+            self._fail(self.config_file, "tabular.max_rows", "at least 1", self.config["max_rows"])
+        for task, section in self.config["tasks"].items():
+            _check_schema(section, TASK_CONFIG_SCHEMA, self.config_file, f"tabular.tasks.{task}.")
+            if section["kind"] not in TASK_KINDS:
+                self._fail(self.config_file, f"tabular.tasks.{task}.kind", f"one of {TASK_KINDS}", section["kind"])
+        self._check_params()
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.config["tasks"])
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(self.params["enabled"])
+
+    # -- validation ------------------------------------------------------------------------
+
+    @staticmethod
+    def _fail(file, key: str, expected: str, value: Any) -> None:
+        raise ConfigError(f"{file}: '{key}' must be {expected}, got {value!r}")
+
+    def _check_params(self) -> None:
+        schema = {"enabled": list} | {task: TASK_PARAMS_SCHEMA for task in self.tasks}
+        _check_schema(self.params, schema, self.params_file, "tabular.")
+        enabled = self.params["enabled"]
+        if not set(enabled) <= set(self.tasks) or len(set(enabled)) != len(enabled):
+            self._fail(self.params_file, "tabular.enabled", f"distinct task names from {list(self.tasks)}", enabled)
+        for task in self.tasks:
+            self._check_data(task, self.params[task]["data"])
+            self._check_model(task, self.params[task]["model"], self.params[task]["data"]["columns"])
+            self._check_evaluation(task, self.params[task]["evaluation"])
+
+    def _check_data(self, task: str, data: dict) -> None:
+        key = f"tabular.{task}.data"
+        classes = data["classes"]
+        if len(classes) != 2 or len(set(classes)) != 2 or not all(isinstance(c, str) for c in classes):
+            self._fail(self.params_file, f"{key}.classes", "two distinct class names (strings)", classes)
+        if data["positive_class"] not in classes:
+            self._fail(self.params_file, f"{key}.positive_class", f"one of {classes}", data["positive_class"])
+        for policy in ("on_invalid", "on_duplicate"):
+            if data[policy] not in POLICIES:
+                self._fail(self.params_file, f"{key}.{policy}", f"one of {POLICIES}", data[policy])
+        if not 0 < data["test_size"] < 1:
+            self._fail(self.params_file, f"{key}.test_size", "a fraction in (0, 1)", data["test_size"])
+        if not all(isinstance(c, str) for c in data["drop_columns"]):
+            self._fail(self.params_file, f"{key}.drop_columns", "a list of column names", data["drop_columns"])
+        if not data["columns"]:
+            self._fail(self.params_file, f"{key}.columns", "at least one declared column", data["columns"])
+        clash = {data["target"], *data["drop_columns"]} & set(data["columns"])
+        if clash:
+            self._fail(self.params_file, f"{key}.columns", "no target or dropped column", sorted(clash))
+        for name, spec in data["columns"].items():
+            self._check_column(f"{key}.columns.{name}", spec)
+
+    def _check_column(self, key: str, spec: Any) -> None:
+        if not isinstance(spec, dict) or spec.get("type") not in COLUMN_TYPES:
+            self._fail(self.params_file, f"{key}.type", f"one of {COLUMN_TYPES}", spec)
+        if spec["type"] == "category":
+            if set(spec) != CATEGORY_COLUMN_KEYS:
+                self._fail(self.params_file, key, f"a mapping with the keys {sorted(CATEGORY_COLUMN_KEYS)}", spec)
+            categories = spec["categories"]
+            distinct = len(set(categories)) == len(categories)
+            if not categories or not all(isinstance(c, str) for c in categories) or not distinct:
+                self._fail(self.params_file, f"{key}.categories", "a list of distinct strings", categories)
+            return
+        if set(spec) != NUMERIC_COLUMN_KEYS:
+            self._fail(self.params_file, key, f"a mapping with the keys {sorted(NUMERIC_COLUMN_KEYS)}", spec)
+        low, high = spec["min"], spec["max"]
+        if not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+            self._fail(self.params_file, f"{key}.min/max", "two numbers with min < max", [low, high])
+        if not isinstance(spec["unit"], str):
+            self._fail(self.params_file, f"{key}.unit", "a string ('' when unitless)", spec["unit"])
+
+    def _check_model(self, task: str, model: dict, columns: dict) -> None:
+        key = f"tabular.{task}.model"
+        if model["kind"] not in MODEL_KINDS:
+            self._fail(self.params_file, f"{key}.kind", f"one of {MODEL_KINDS}", model["kind"])
+        features = model["features"]
+        if features != "all" and (not isinstance(features, list) or not features or not set(features) <= set(columns)):
+            self._fail(self.params_file, f"{key}.features", "'all' or a list of declared columns", features)
+        keras = model["keras"]
+        units, fraction = keras["hidden_units"], keras["validation_fraction"]
+        if not units or not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units):
+            self._fail(self.params_file, f"{key}.keras.hidden_units", "a list of positive layer widths", units)
+        if not 0 < fraction < 1:
+            self._fail(self.params_file, f"{key}.keras.validation_fraction", "a fraction in (0, 1)", fraction)
+        for name, value in [
+            ("logistic_regression.C", model["logistic_regression"]["C"]),
+            ("logistic_regression.max_iter", model["logistic_regression"]["max_iter"]),
+            ("random_forest.n_estimators", model["random_forest"]["n_estimators"]),
+            ("random_forest.min_samples_leaf", model["random_forest"]["min_samples_leaf"]),
+            ("hist_gradient_boosting.learning_rate", model["hist_gradient_boosting"]["learning_rate"]),
+            ("hist_gradient_boosting.max_iter", model["hist_gradient_boosting"]["max_iter"]),
+            ("hist_gradient_boosting.max_leaf_nodes", model["hist_gradient_boosting"]["max_leaf_nodes"]),
+            ("keras.epochs", keras["epochs"]),
+            ("keras.batch_size", keras["batch_size"]),
+            ("keras.learning_rate", keras["learning_rate"]),
+            ("keras.patience", keras["patience"]),
+        ]:
+            if not value > 0:
+                self._fail(self.params_file, f"{key}.{name}", "a positive number", value)
+
+    def _check_evaluation(self, task: str, evaluation: dict) -> None:
+        key, folds, metric = f"tabular.{task}.evaluation", evaluation["cv_folds"], evaluation["promotion_metric"]
+        if folds == 1 or folds < 0:
+            self._fail(self.params_file, f"{key}.cv_folds", "0 (no cross-validation) or at least 2", folds)
+        resamples = evaluation["bootstrap_resamples"]
+        if resamples < 100:
+            self._fail(self.params_file, f"{key}.bootstrap_resamples", "at least 100", resamples)
+        if metric not in PROMOTION_METRICS:
+            self._fail(self.params_file, f"{key}.promotion_metric", f"one of {PROMOTION_METRICS}", metric)
+
+    # -- entities --------------------------------------------------------------------------
+
+    def _known(self, task: str) -> None:
+        if task not in self.tasks:
+            raise ConfigError(f"{self.config_file}: unknown tabular task {task!r}; expected one of {list(self.tasks)}")
+
+    def task(self, task: str) -> TabularTask:
+        self._known(task)
+        section = self.config["tasks"][task]
+        return TabularTask(name=task, title=section["title"], kind=section["kind"])
+
+    def _dir(self, task: str, stage: str):
+        return self.manager._path(self.config["root_dir"]) / task / stage
+
+    def _source(self, task: str) -> str:
+        source = self.config["tasks"][task]["source"]
+        key = f"{self.config_file}: 'tabular.tasks.{task}.source'"
+        if source is None:
+            raise ConfigError(
+                f"{key} is not set: set it to the CSV file's path or an http(s) URL to it "
+                "(for tests and the shared data: ../shared/data/colorectal/colorectal_cancer_dataset.csv)"
+            )
+        if source.startswith("sklearn:"):
+            if source not in SKLEARN_SOURCES:
+                raise ConfigError(f"{key} is {source!r}; the built-in sources are {SKLEARN_SOURCES}")
+            return source
+        if source.startswith(("http://", "https://")):
+            return source
+        path = self.manager._path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"{key} is {source!r}, which is not a file; "
+                f"expected a CSV path, an http(s) URL or one of {SKLEARN_SOURCES}"
+            )
+        return str(path)
+
+    def ingestion(self, task: str) -> TabularIngestionConfig:
+        self._known(task)
+        data = self.params[task]["data"]
+        return TabularIngestionConfig(
+            task=self.task(task),
+            root_dir=self._dir(task, "ingestion"),
+            source=self._source(task),
+            source_sha256=self.config["tasks"][task]["source_sha256"],
+            target=data["target"],
+            classes=tuple(data["classes"]),
+            positive_class=data["positive_class"],
+            columns=tuple(column_spec(name, spec) for name, spec in data["columns"].items()),
+            drop_columns=tuple(data["drop_columns"]),
+            on_invalid=data["on_invalid"],
+            on_duplicate=data["on_duplicate"],
+            test_size=float(data["test_size"]),
+            seed=data["seed"],
+        )
+
+    def training(self, task: str) -> TabularTrainingConfig:
+        self._known(task)
+        model = self.params[task]["model"]
+        return TabularTrainingConfig(
+            task=self.task(task),
+            root_dir=self._dir(task, "training"),
+            data_dir=self._dir(task, "ingestion"),
+            model=TabularModelSpec(
+                kind=model["kind"],
+                features=None if model["features"] == "all" else tuple(model["features"]),
+                seed=model["seed"],
+                options=dict(model[model["kind"]]),
+            ),
+        )
+
+    def evaluation(self, task: str) -> TabularEvaluationConfig:
+        self._known(task)
+        evaluation = self.params[task]["evaluation"]
+        return TabularEvaluationConfig(
+            task=self.task(task),
+            root_dir=self._dir(task, "evaluation"),
+            data_dir=self._dir(task, "ingestion"),
+            model_dir=self._dir(task, "training"),
+            scores_path=self.manager._path(self.config["scores_dir"]) / f"{task}.json",
+            cv_folds=evaluation["cv_folds"],
+            bootstrap_resamples=evaluation["bootstrap_resamples"],
+            seed=evaluation["seed"],
+        )
+
+    def _tracking(self, task: str):
+        section = self.config["tasks"][task]
+        return dataclasses.replace(
+            self.manager.tracking(), experiment=section["experiment"], registered_model=section["registered_model"]
+        )
+
+    def registry(self, task: str) -> TabularRegistryConfig:
+        self._known(task)
+        return TabularRegistryConfig(
+            task=self.task(task),
+            root_dir=self._dir(task, "register"),
+            data_dir=self._dir(task, "ingestion"),
+            model_dir=self._dir(task, "training"),
+            evaluation_dir=self._dir(task, "evaluation"),
+            promotion_metric=self.params[task]["evaluation"]["promotion_metric"],
+            params=_flatten(self.params[task], f"tabular.{task}."),
+            tracking=self._tracking(task),
+        )
+
+    def serving(self) -> tuple[TabularServingConfig, ...]:
+        """Every configured task; the enabled ones are required for readiness."""
+        return tuple(
+            TabularServingConfig(
+                task=self.task(task),
+                model_dir=self._dir(task, "training"),
+                registration_file=self._dir(task, "register") / "registration.json",
+                required=task in self.enabled,
+                max_rows=self.config["max_rows"],
+                use_registry=bool(os.environ.get("MLFLOW_TRACKING_URI")),
+                tracking=self._tracking(task),
+            )
+            for task in self.tasks
+        )
+
+
+def column_spec(name: str, spec: dict) -> ColumnSpec:
+    if spec["type"] == "category":
+        return ColumnSpec(name=name, type="category", categories=tuple(spec["categories"]))
+    low, high = float(spec["min"]), float(spec["max"])
+    return ColumnSpec(name=name, type=spec["type"], unit=spec["unit"], minimum=low, maximum=high)

@@ -1,0 +1,121 @@
+"""What a saved tabular model is, shared by training and serving: the preprocessing and the
+estimator as one scikit-learn Pipeline, saved with the columns it takes and its notices.
+
+The Keras choice is a scikit-learn estimator too (below), so its scaling and encoding travel with it
+in the same file.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+
+from cancer_classifier.entity.tabular import ColumnSpec
+from cancer_classifier.modeling import NOT_FOR_CLINICAL_USE
+from cancer_classifier.utils.logging import logger
+
+MODEL_FILE = "model.joblib"
+KIND_NOTICE = {
+    "diagnostic": "Diagnostic model: estimates whether the record belongs to the positive class.",
+    "prognostic": "Prognostic model: estimates an outcome from the data available at diagnosis; it does not diagnose.",
+}
+
+
+def intended_use(kind: str) -> str:
+    """The notice every tabular model carries: in its metadata, its MLflow tags, the page and the API."""
+    return f"{KIND_NOTICE[kind]} {NOT_FOR_CLINICAL_USE}"
+
+
+class KerasBinaryClassifier(ClassifierMixin, BaseEstimator):
+    """A small dense network with one sigmoid output, as a scikit-learn classifier (labels 0 and 1).
+
+    Early stopping watches a seeded, stratified ``validation_fraction`` of the data given to ``fit``.
+    """
+
+    def __init__(
+        self,
+        hidden_units: tuple[int, ...] = (16,),
+        epochs: int = 200,
+        batch_size: int = 32,
+        learning_rate: float = 0.001,
+        validation_fraction: float = 0.15,
+        patience: int = 15,
+        seed: int = 42,
+    ) -> None:
+        self.hidden_units = hidden_units
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.seed = seed
+
+    def _network(self, n_features: int):
+        import keras
+
+        layers = [keras.Input((n_features,))]
+        layers += [keras.layers.Dense(units, activation="relu") for units in self.hidden_units]
+        model = keras.Sequential([*layers, keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss="binary_crossentropy")
+        return model
+
+    def fit(self, X, y) -> "KerasBinaryClassifier":
+        import keras
+
+        keras.utils.set_random_seed(self.seed)
+        X, y = np.asarray(X, np.float32), np.asarray(y, np.float32)
+        X_fit, X_val, y_fit, y_val = train_test_split(
+            X, y, test_size=self.validation_fraction, stratify=y, random_state=self.seed
+        )
+        self.model_ = self._network(X.shape[1])
+        stop = keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)
+        history = self.model_.fit(
+            X_fit, y_fit, validation_data=(X_val, y_val), epochs=self.epochs, batch_size=self.batch_size,
+            callbacks=[stop], verbose=0,
+        )
+        losses = history.history["val_loss"]
+        best = int(np.argmin(losses))
+        logger.info("keras: %d epochs, best validation loss %.4f at epoch %d", len(losses), losses[best], best + 1)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        positive = self.model_.predict(np.asarray(X, np.float32), verbose=0).reshape(-1).astype(np.float64)
+        return np.column_stack([1 - positive, positive])
+
+    def predict(self, X) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
+
+
+@dataclass(frozen=True)
+class TabularModel:
+    """A fitted Pipeline (preprocessing + estimator) and what serving needs to know about it."""
+
+    pipeline: Pipeline
+    metadata: dict  # task, title, kind, classes, positive_class, columns, model kind, intended_use
+
+    @property
+    def columns(self) -> tuple[ColumnSpec, ...]:
+        return tuple(ColumnSpec.from_dict(column) for column in self.metadata["columns"])
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata["classes"]
+
+    def predict_proba(self, frame) -> np.ndarray:
+        """Probabilities of each class (columns in ``classes`` order) for typed rows."""
+        return self.pipeline.predict_proba(frame[[c.name for c in self.columns]])
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / MODEL_FILE
+        joblib.dump({"pipeline": self.pipeline, "metadata": self.metadata}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "TabularModel":
+        saved = joblib.load(path)
+        return cls(saved["pipeline"], saved["metadata"])
