@@ -37,6 +37,23 @@ def champion_score(client: MlflowClient, name: str, alias: str, metric: str) -> 
     return version.version, client.get_run(version.run_id).data.metrics[f"test_{metric}"]
 
 
+def promote_if_better(client: MlflowClient, name: str, alias: str, metric: str, version: str, score: float) -> dict:
+    """The promotion gate of every registered model (chest CT and the tabular tasks): move ``alias``
+    to ``version`` only if its test ``metric`` beats the current champion's."""
+    champion = champion_score(client, name, alias, metric)
+    if champion is None:
+        promoted, reason = True, f"no '{alias}' yet; version {version} ({metric} {score:.4f}) becomes it"
+    elif score > champion[1]:
+        promoted, reason = True, f"{metric} {score:.4f} beats {alias} version {champion[0]} ({champion[1]:.4f})"
+    else:
+        promoted = False
+        reason = f"{metric} {score:.4f} does not beat {alias} version {champion[0]} ({champion[1]:.4f})"
+    if promoted:
+        client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, "promotion", reason)
+    return {"promoted": promoted, "alias": alias, "metric": metric, "score": score, "reason": reason}
+
+
 SERVING_FILES = ("model_metadata.json", "class_indices.json", REFERENCE_FILE)
 
 
@@ -98,16 +115,6 @@ class ModelRegistry:
         return version
 
     def promote(self, client: MlflowClient, version: str, score: float) -> dict:
-        """Move the alias to ``version`` only if it beats the current champion on the promotion metric."""
-        name, alias, metric = self.config.tracking.registered_model, self.config.tracking.alias, self.config.promotion_metric
-        champion = champion_score(client, name, alias, metric)
-        if champion is None:
-            promoted, reason = True, f"no '{alias}' yet; version {version} ({metric} {score:.4f}) becomes it"
-        elif score > champion[1]:
-            promoted, reason = True, f"{metric} {score:.4f} beats {alias} version {champion[0]} ({champion[1]:.4f})"
-        else:
-            promoted, reason = False, f"{metric} {score:.4f} does not beat {alias} version {champion[0]} ({champion[1]:.4f})"
-        if promoted:
-            client.set_registered_model_alias(name, alias, version)
-        client.set_model_version_tag(name, version, "promotion", reason)
-        return {"promoted": promoted, "alias": alias, "metric": metric, "score": score, "reason": reason}
+        tracking = self.config.tracking
+        metric = self.config.promotion_metric
+        return promote_if_better(client, tracking.registered_model, tracking.alias, metric, version, score)

@@ -6,7 +6,7 @@ values before any stage runs; every error names the file, the key and what was e
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cancer_classifier.entity import (
     AugmentationConfig,
@@ -20,6 +20,9 @@ from cancer_classifier.entity import (
     TrainingConfig,
 )
 from cancer_classifier.utils.common import read_yaml
+
+if TYPE_CHECKING:
+    from cancer_classifier.config.tabular import TabularConfiguration
 
 CONFIG_FILE_PATH = Path("config/config.yaml")
 PARAMS_FILE_PATH = Path("params.yaml")
@@ -59,6 +62,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "registered_model": str,
         "alias": str,
     },
+    "tabular": dict,  # the tabular tasks: checked by config/tabular.py
 }
 
 PARAMS_SCHEMA: dict[str, Any] = {
@@ -99,6 +103,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "fine_tune": {"blocks": int, "epochs": int, "learning_rate": NUMBER},
     },
     "evaluation": {"promotion_metric": str, "bootstrap_resamples": int, "shortcut_margin": NUMBER, "seed": int},
+    "tabular": dict,  # the tabular tasks: checked by config/tabular.py
 }
 
 
@@ -222,6 +227,7 @@ class ConfigurationManager:
                 "base_model.weights", "'imagenet', 'none' or the path of an existing weights file", weights
             )
         self._check_source()
+        self.tabular()  # the tabular tasks' sections are checked with everything else
         serving = self.config["serving"]
         if serving["precision"] not in PRECISIONS:
             raise ConfigError(f"{self.config_path}: 'serving.precision' must be one of {PRECISIONS}, got {serving['precision']!r}")
@@ -378,3 +384,9 @@ class ConfigurationManager:
             params=_flatten(self.params),
             tracking=self.tracking(),
         )
+
+    def tabular(self) -> "TabularConfiguration":
+        """The tabular tasks (breast cancer, colorectal survival): their stages' and serving's settings."""
+        from cancer_classifier.config.tabular import TabularConfiguration  # imports this module
+
+        return TabularConfiguration(self)
