@@ -1,7 +1,8 @@
 """gunicorn settings: ``gunicorn app:app`` picks this file up from the project folder.
 
 Environment: PORT (default 8080), WEB_CONCURRENCY (workers, default 2), GUNICORN_TIMEOUT
-(seconds, default 120), PROMETHEUS_MULTIPROC_DIR (metrics files; a fresh temp folder by default).
+(seconds, default 120), PROMETHEUS_MULTIPROC_DIR (metrics files; a fresh temp folder by default),
+TF_NUM_INTRAOP_THREADS (threads per worker; default: the cores divided among the workers).
 """
 
 import os
@@ -34,6 +35,19 @@ _created_metrics_dir = not _metrics_dir
 if _created_metrics_dir:
     _metrics_dir = tempfile.mkdtemp(prefix="cancer-classifier-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def post_fork(server, worker):
+    """Share the CPU cores among the workers: each worker's TensorFlow (and oneDNN) gets its part.
+
+    Without this every worker starts one thread per core, and N workers on N cores oversubscribe the
+    machine N-fold under load. Set before the worker imports TensorFlow (preload_app is off); an
+    explicit TF_NUM_INTRAOP_THREADS / OMP_NUM_THREADS in the environment wins.
+    """
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, threads)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")  # a sync worker runs one request at a time
 
 
 def on_starting(server):

@@ -24,7 +24,7 @@ def image(trained_project) -> np.ndarray:
 
 def test_heatmap_is_scaled_0_1_at_the_last_conv_resolution(model, image):
     heatmap, probabilities = GradCam(model)(image)
-    size = model.get_layer("resize").output.shape[1]
+    size = model.get_layer("harmonise").image_size
     assert heatmap.shape == (size // 16, size // 16)  # block5_conv3 sits after four 2x poolings
     assert heatmap.dtype == np.float32
     assert heatmap.min() >= 0 and heatmap.max() <= 1
@@ -39,7 +39,8 @@ def test_split_model_gives_the_models_own_probabilities(model, image):
 
 
 def test_explain_also_returns_the_pooled_features_of_the_same_pass(model, image):
-    heatmap, probabilities, features = GradCam(model).explain(image)
+    heatmap, probabilities, features, view = GradCam(model).explain(image)
+    assert view.shape == (model.get_layer("harmonise").image_size,) * 2 + (3,) and view.dtype == np.uint8
     expected = feature_extractor(model).predict(image[None].astype("float32"), verbose=0)[0]
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(probabilities, GradCam(model)(image)[1], atol=1e-6)

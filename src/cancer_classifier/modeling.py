@@ -136,18 +136,18 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("pooling").output, name="feature_extractor")
 
 
-def after_harmonise(model: keras.Model, output_layer: str | None = None) -> keras.Model:
-    """The model (or its part up to ``output_layer``) from harmonised images on.
+def after_harmonise(model: keras.Model, outputs: str = "probabilities") -> keras.Model:
+    """The model from harmonised images on, giving "probabilities", "features" (pooled) or "both".
 
     Batches of differently sized images are harmonised one by one (``dataset.image_batches``) and
     then fed here: the same operations, in the same order, as the whole model applies to one image.
     """
     inputs = keras.Input((None, None, 3), name="harmonised")
     x = model.get_layer("vgg16")(model.get_layer("vgg16_preprocess")(inputs), training=False)
-    x = model.get_layer("pooling")(x)
-    if output_layer != "pooling":
-        x = model.get_layer("head")(x)
-    return keras.Model(inputs, x, name=f"{model.name}_after_harmonise")
+    features = model.get_layer("pooling")(x)
+    probabilities = model.get_layer("head")(features)
+    chosen = {"features": features, "probabilities": probabilities, "both": [features, probabilities]}[outputs]
+    return keras.Model(inputs, chosen, name=f"{model.name}_after_harmonise")
 
 
 def unfreeze_last_blocks(model: keras.Model, blocks: int) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
 from dvclive import Live
@@ -16,7 +17,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 from cancer_classifier.components.dataset import data_report, image_batches, split_files
 from cancer_classifier.components.metrics import bootstrap_intervals, headline_metrics, per_class_metrics
 from cancer_classifier.components.model_card import build_model_card, render_markdown
-from cancer_classifier.components.shortcut_audit import metadata_baseline
+from cancer_classifier.components.shortcut_audit import shortcut_audit
 from cancer_classifier.entity import EvaluationConfig
 from cancer_classifier.modeling import after_harmonise, harmonise_layer, load_classifier
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
@@ -86,8 +87,7 @@ class Evaluation:
     def __init__(self, config: EvaluationConfig) -> None:
         self.config = config
 
-    def predict_test(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        model = load_classifier(self.config.model_dir / "model.keras")
+    def predict_test(self, model: keras.Model) -> tuple[list[str], np.ndarray, np.ndarray]:
         paths, y_true = split_files(self.config.data_dir, "test")
         batches = image_batches(paths, harmonise_layer(model), PREDICT_BATCH)
         proba = after_harmonise(model).predict(batches, verbose=1)
@@ -99,10 +99,12 @@ class Evaluation:
         info = data["dataset"]
         classes = info["classes"]
         positive = classes.index(config.positive_class)
-        paths, y_true, proba = self.predict_test()
+        model = load_classifier(config.model_dir / "model.keras")
+        paths, y_true, proba = self.predict_test(model)
         scores = headline_metrics(y_true, proba, positive)
         intervals = bootstrap_intervals(y_true, proba, positive, config.bootstrap_resamples, config.seed)
-        baseline = metadata_baseline(config.data_dir, positive, config.bootstrap_resamples, config.seed)
+        audit = shortcut_audit(config.data_dir, harmonise_layer(model), positive, config.bootstrap_resamples, config.seed)
+        baseline = audit["metadata"]
         report = {
             "split": "test (held out: never used for training or early stopping)",
             "test_images": len(y_true),
@@ -116,6 +118,8 @@ class Evaluation:
             "per_class": per_class_metrics(y_true, proba, classes),
             "confusion_matrix": confusion_matrix(y_true, proba.argmax(axis=1), labels=range(len(classes))).tolist(),
             "baseline": baseline,
+            "input_baseline": audit["model_input"],
+            "harmonised": harmonise_layer(model).harmonise,
             "shortcut_warning": baseline["metrics"]["roc_auc"] >= scores["roc_auc"] - config.shortcut_margin,
         }
         card = build_model_card(
@@ -147,6 +151,7 @@ class Evaluation:
             "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
             "baseline_roc_auc": round(report["baseline"]["metrics"]["roc_auc"], 4),
             "baseline_roc_auc_ci95": [round(v, 4) for v in report["baseline"]["ci95"]["roc_auc"]],
+            "input_baseline_roc_auc": round(report["input_baseline"]["metrics"]["roc_auc"], 4),
             "shortcut_warning": report["shortcut_warning"],
             "test_images": report["test_images"],
             "demo": report["demo"],

@@ -13,7 +13,13 @@ import numpy as np
 
 from cancer_classifier.components.dataset import image_batches, split_files
 from cancer_classifier.entity import AugmentationConfig, FeaturesConfig
-from cancer_classifier.modeling import after_harmonise, harmonise_layer, in_precision, load_classifier, resolve_precision
+from cancer_classifier.modeling import (
+    after_harmonise,
+    harmonise_layer,
+    in_precision,
+    load_classifier,
+    resolve_precision,
+)
 from cancer_classifier.utils.common import atomic_directory, save_json
 from cancer_classifier.utils.logging import logger
 
@@ -38,7 +44,7 @@ def extract_features(
     model: keras.Model, paths: list[str], batch_size: int, views: int = 1, augment: keras.Sequential | None = None
 ) -> np.ndarray:
     """Pooled base features of every image: view 0 as is, then ``views - 1`` augmented views, stacked."""
-    extractor = after_harmonise(model, "pooling")
+    extractor = after_harmonise(model, "features")
     batches = image_batches(paths, harmonise_layer(model), batch_size)
     stacked = []
     for view in range(views):

@@ -40,7 +40,7 @@ def build_model_card(report: dict, data: dict, base: dict, training: dict) -> di
             "split_method": data["split_method"],
         },
         "base_weights": {k: base[k] for k in ("weights", "description", "sha256") if k in base},
-        "training": {"image_size": base["image_size"], **training},
+        "training": {"image_size": base["image_size"], "harmonised": report["harmonised"], **training},
         "evaluation": {
             "split": report["split"],
             "test_images": report["test_images"],
@@ -50,12 +50,13 @@ def build_model_card(report: dict, data: dict, base: dict, training: dict) -> di
             "per_class": report["per_class"],
         },
         "shortcut_baseline": report["baseline"] | {"warning": report["shortcut_warning"]},
+        "model_input_baseline": report["input_baseline"],
         "known_limits": known_limits(report, data),
     }
 
 
 def render_markdown(card: dict) -> str:
-    evaluation, baseline = card["evaluation"], card["shortcut_baseline"]
+    evaluation, baseline, inputs = card["evaluation"], card["shortcut_baseline"], card["model_input_baseline"]
     rows = "\n".join(
         f"| {name} | {evaluation['metrics'][name]:.3f} | {evaluation['ci95'][name][0]:.3f} – {evaluation['ci95'][name][1]:.3f} |"
         for name in HEADLINE_ORDER
@@ -81,7 +82,7 @@ Split: {card['data']['split_method']}.
 
 ## Model and training
 Base weights: {card['base_weights']['description']} (`{card['base_weights']['weights']}`{', sha256 ' + card['base_weights']['sha256'] if 'sha256' in card['base_weights'] else ''}).
-Input size {card['training']['image_size']} px; {card['training']['head_epochs']} head epochs on cached features
+Input size {card['training']['image_size']} px, {'harmonised (grayscale, intensity stretch, cropped to the body, padded square)' if card['training']['harmonised'] else 'resized only (no harmonisation)'}; {card['training']['head_epochs']} head epochs on cached features
 ({card['training']['feature_views']} view(s) per image), {card['training']['fine_tune_epochs']} fine-tuning epochs; seed {card['training']['seed']}.
 
 ## Evaluation ({evaluation['split']}, {evaluation['test_images']} images, {evaluation['averaging']})
@@ -92,6 +93,8 @@ Input size {card['training']['image_size']} px; {card['training']['head_epochs']
 
 Shortcut baseline ({baseline['model']}): ROC-AUC {baseline['metrics']['roc_auc']:.3f}
 ({baseline['ci95']['roc_auc'][0]:.3f} – {baseline['ci95']['roc_auc'][1]:.3f}).{' **Warning: close to the model.**' if baseline['warning'] else ''}
+Model-input baseline ({inputs['model']}): ROC-AUC {inputs['metrics']['roc_auc']:.3f}
+({inputs['ci95']['roc_auc'][0]:.3f} – {inputs['ci95']['roc_auc'][1]:.3f}): what is left of the source cues in what the model sees.
 
 ## Known limits
 {limits}

@@ -17,7 +17,7 @@ from PIL import Image
 LAST_CONV_LAYER = "block5_conv3"
 BASE_LAYER = "vgg16"
 # The classifier's layers before and after the nested VGG16 (see cancer_classifier.modeling).
-LAYERS_BEFORE_BASE = ("resize", "vgg16_preprocess")
+LAYERS_BEFORE_BASE = ("harmonise", "vgg16_preprocess")
 LAYERS_AFTER_BASE = ("pooling", "head")
 
 
@@ -32,13 +32,17 @@ class GradCam:
 
     def __call__(self, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmap (h, w) in 0..1 at the conv layer's resolution, and the probabilities (n_classes,)."""
-        heatmap, probabilities, _ = self.explain(image, class_index)
+        heatmap, probabilities, _, _ = self.explain(image, class_index)
         return heatmap, probabilities
 
-    def explain(self, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Heatmap, probabilities, and the pooled features (the ``pooling`` layer's output) of the same pass."""
-        x = tf.convert_to_tensor(image[None].astype("float32"))
-        for layer in self.before:
+    def explain(
+        self, image: np.ndarray, class_index: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Heatmap, probabilities, the pooled features (the ``pooling`` layer's output) of the same pass,
+        and the model's view of the image (harmonised: cropped to the body, squared), which the heatmap maps onto."""
+        view = self.before[0](tf.convert_to_tensor(image[None].astype("float32")))
+        x = view
+        for layer in self.before[1:]:
             x = layer(x)
         with tf.GradientTape() as tape:
             conv = self.to_conv(x, training=False)
@@ -59,7 +63,8 @@ class GradCam:
         heatmap = tf.maximum(heatmap, 0)
         top = float(tf.reduce_max(heatmap))
         heatmap = heatmap / top if top > 0 else heatmap  # all-zero when nothing supports the class
-        return heatmap.numpy().astype("float32"), probabilities[0].numpy(), features[0].numpy()
+        view = np.uint8(np.clip(view[0].numpy(), 0, 255))
+        return heatmap.numpy().astype("float32"), probabilities[0].numpy(), features[0].numpy(), view
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:

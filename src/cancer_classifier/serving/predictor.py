@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from cancer_classifier.entity import ServingConfig
-from cancer_classifier.modeling import intended_use, load_classifier
+from cancer_classifier.modeling import after_harmonise, in_precision, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.common import load_json
@@ -162,6 +162,9 @@ class Predictor:
             raise ModelUnavailable(f"the model has {output} outputs but its metadata names {len(info.classes)} classes")
         # One forward pass gives both the pooled features (for the OOD score) and the probabilities.
         self.scorer, self.ood = self._build_scorer(model, ood)
+        # Several uploads in one request: harmonised one by one, then one forward pass for all.
+        self.harmonise = model.get_layer("harmonise")
+        self.batch_scorer = after_harmonise(model, "both")
         self._warm_up()
 
     @staticmethod
@@ -189,6 +192,7 @@ class Predictor:
         probe = np.random.default_rng(0).integers(0, 256, (48, 48, 3)).astype(np.uint8)
         _, scored = self.features_and_probabilities(probe)
         plain = self.probabilities(probe)
+        self.predict_many([probe])
         if not np.allclose(scored, plain, atol=1e-5):
             logger.error(
                 "the two-output model's probabilities differ from the model's (max %.2g): the OOD check is off",
@@ -221,7 +225,7 @@ class Predictor:
         try:
             metadata = load_json(metadata_path)
             classes, demo = tuple(metadata["classes"]), bool(metadata["demo"])
-            model = load_classifier(model_path)
+            model = in_precision(load_classifier(model_path), config.precision)
         except Exception:
             logger.exception("loading the model from %s failed", config.model_dir)
             raise ModelUnavailable(f"the model could not be loaded (see the server log): {RUN_PIPELINE_HINT}") from None
@@ -265,7 +269,7 @@ class Predictor:
         try:
             mlflow.set_tracking_uri(tracking.tracking_uri)
             version = MlflowClient().get_model_version_by_alias(tracking.registered_model, tracking.alias)
-            model = mlflow.tensorflow.load_model(uri)
+            model = in_precision(mlflow.tensorflow.load_model(uri), config.precision)
             metadata = mlflow.models.get_model_info(uri).metadata or {}
             classes = tuple(metadata["classes"])
         except Exception:
@@ -340,22 +344,30 @@ class Predictor:
         inside = distance <= self.ood.threshold  # as OODReference.in_distribution, without a second pass
         return inside, round(distance / max(self.ood.threshold, 1e-12), 3)
 
+    def result(self, probabilities: np.ndarray, features: np.ndarray | None) -> dict:
+        in_distribution, ood_score = self.ood_check(features)
+        return {
+            "label": self.info.classes[int(np.argmax(probabilities))],
+            "probabilities": {name: float(p) for name, p in zip(self.info.classes, probabilities, strict=True)},
+            "in_distribution": in_distribution,
+            "ood_score": ood_score,
+        }
+
     def predict(self, image: np.ndarray, explain: bool = False) -> dict:
         """``{"label", "probabilities": {class: p}, "in_distribution", "ood_score"}``, plus
         ``"gradcam_png"`` (bytes) when explain is set."""
         image = limit_size(image)
         if explain:
-            heatmap, probabilities, features = self.gradcam.explain(image)
+            heatmap, probabilities, features, view = self.gradcam.explain(image)
         else:
             features, probabilities = self.features_and_probabilities(image)
-        index = int(np.argmax(probabilities))
-        in_distribution, ood_score = self.ood_check(features)
-        result = {
-            "label": self.info.classes[index],
-            "probabilities": {name: float(p) for name, p in zip(self.info.classes, probabilities, strict=True)},
-            "in_distribution": in_distribution,
-            "ood_score": ood_score,
-        }
+        result = self.result(probabilities, features)
         if explain:
-            result["gradcam_png"] = to_png(overlay(image, heatmap))
+            result["gradcam_png"] = to_png(overlay(view, heatmap))  # on what the model saw
         return result
+
+    def predict_many(self, images: list[np.ndarray]) -> list[dict]:
+        """One result per image, as ``predict`` gives, from a single forward pass over all of them."""
+        harmonised = np.stack([self.harmonise.one(limit_size(image).astype("float32")) for image in images])
+        features, probabilities = (keras.ops.convert_to_numpy(out) for out in self.batch_scorer(harmonised, training=False))
+        return [self.result(p, f if self.scorer is not None else None) for p, f in zip(probabilities, features)]
