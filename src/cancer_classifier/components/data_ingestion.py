@@ -21,7 +21,7 @@ from tqdm import tqdm
 from cancer_classifier.components.synthetic import write_phantoms
 from cancer_classifier.entity import DataIngestionConfig
 from cancer_classifier.utils.common import atomic_directory, save_json, sha256_bytes, sha256_file
-from cancer_classifier.utils.images import ImageDecodeError, decode_image
+from cancer_classifier.utils.images import ImageDecodeError, decode_image, image_statistics
 from cancer_classifier.utils.logging import logger
 
 SPLITS = ("train", "val", "test")
@@ -46,13 +46,8 @@ class ImageRecord:
 
 def image_metadata(data: bytes, pixels: np.ndarray) -> dict[str, float]:
     """What a model could use to tell sources apart without looking at anatomy."""
-    height, width = pixels.shape[:2]
-    gray = pixels.mean(axis=2)
     colour = bool((pixels[..., 0] != pixels[..., 1]).any() or (pixels[..., 1] != pixels[..., 2]).any())
-    return {
-        "width": width, "height": height, "file_bytes": len(data), "colour": int(colour),
-        "mean": round(float(gray.mean()), 3), "std": round(float(gray.std()), 3),
-    }
+    return {**image_statistics(pixels), "file_bytes": len(data), "colour": int(colour)}
 
 
 # -- sources ------------------------------------------------------------------------------

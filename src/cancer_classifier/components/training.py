@@ -64,12 +64,17 @@ REFERENCE_BINS = 10
 
 
 def input_reference(data_dir: Path, classes: list[str]) -> dict:
-    """Decile bins of each input statistic over the training split, and its class mix."""
+    """Decile bins of each input statistic over the training split, and its class mix.
+
+    The outer bins hold values below the training minimum and above the training maximum, so traffic
+    outside the training range shows as drift even where the training values were all equal.
+    """
     rows = split_rows(data_dir, "train")
     reference = {"images": len(rows), "statistics": {}, "class_mix": {}}
     for name in INPUT_STATISTICS:
         values = np.array([float(row[name]) for row in rows])
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, REFERENCE_BINS + 1)[1:-1]))
+        deciles = np.quantile(values, np.linspace(0, 1, REFERENCE_BINS + 1)[1:-1])
+        edges = np.unique([values.min(), *deciles, np.nextafter(values.max(), np.inf)])
         counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
         reference["statistics"][name] = {"edges": edges.tolist(), "fractions": (counts / len(values)).tolist()}
     labels = [row["label"] for row in rows]

@@ -30,6 +30,7 @@ RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register
 FEATURE_LAYER = "pooling"  # the pooled VGG16 features the OOD reference was fitted on
 # Artifacts the register stage logs with each version's run (see components/registry.py).
 REGISTRY_OOD_ARTIFACT = f"serving/{REFERENCE_FILE}"
+INPUT_REFERENCE_FILE = "input_reference.json"
 REGISTRY_CARD_ARTIFACTS = ("evaluation/model_card.json", "evaluation/model_card.md")
 
 
@@ -138,6 +139,15 @@ def load_ood_reference(path: Path, source: str) -> OODReference | None:
         return None
 
 
+def load_input_reference(path: Path) -> dict | None:
+    """The training images' statistics (training stage), or None (logged): drift is then not computed."""
+    try:
+        return load_json(path)
+    except (OSError, ValueError):
+        logger.warning("no readable drift reference at %s: drift monitoring is off for this model", path)
+        return None
+
+
 def limit_size(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     height, width = image.shape[:2]
     if max(height, width) <= max_side:
@@ -156,6 +166,7 @@ class Predictor:
         self._gradcam: GradCam | None = None
         self.load_seconds: float | None = None
         self.card = card or ModelCard()
+        self.input_reference: dict | None = None  # the training images' statistics, for drift monitoring
         self.card.classes = info.classes
         output = int(model.output_shape[-1])
         if output != len(info.classes):
@@ -242,7 +253,9 @@ class Predictor:
             promoted=promoted,
         )
         ood = load_ood_reference(config.model_dir / REFERENCE_FILE, f"the model in {config.model_dir}")
-        return cls(model, info, ood, ModelCard(config.model_card_file))
+        predictor = cls(model, info, ood, ModelCard(config.model_card_file))
+        predictor.input_reference = load_input_reference(config.model_dir / INPUT_REFERENCE_FILE)
+        return predictor
 
     @staticmethod
     def _registration(path: Path, model_path: Path, default_name: str) -> tuple[str, str, bool | None]:
@@ -287,12 +300,15 @@ class Predictor:
             source="registry",
             promoted=True,
         )
-        ood, card = cls._registry_extras(version, uri)
-        return cls(model, info, ood, card)
+        ood, card, input_reference = cls._registry_extras(version, uri)
+        predictor = cls(model, info, ood, card)
+        predictor.input_reference = input_reference
+        return predictor
 
     @staticmethod
-    def _registry_extras(version, uri: str) -> tuple[OODReference | None, ModelCard]:
-        """The OOD reference and the model card logged with the version's run; either may be missing."""
+    def _registry_extras(version, uri: str) -> tuple[OODReference | None, ModelCard, dict | None]:
+        """The OOD reference, the model card and the drift reference logged with the version's run;
+        any may be missing."""
         import mlflow
 
         def download(artifact: str, into: str) -> Path | None:
@@ -306,16 +322,20 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="serving-") as folder:
             reference = download(REGISTRY_OOD_ARTIFACT, folder) if version.run_id else None
             ood = load_ood_reference(reference or Path(folder) / "missing", f"{uri} (run {version.run_id})")
+            drift = download(f"serving/{INPUT_REFERENCE_FILE}", folder) if version.run_id else None
+            input_reference = load_input_reference(drift or Path(folder) / "missing")
             card_json, card_md = (download(a, folder) if version.run_id else None for a in REGISTRY_CARD_ARTIFACTS)
             if card_json is None:
-                return ood, ModelCard(reason=f"{uri} was registered without a model card (evaluation/model_card.json)")
+                reason = f"{uri} was registered without a model card (evaluation/model_card.json)"
+                return ood, ModelCard(reason=reason), input_reference
             try:
                 document = json.loads(card_json.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 logger.exception("%s: unreadable model card", uri)
-                return ood, ModelCard(reason="the registered model card could not be read (see the server log)")
+                reason = "the registered model card could not be read (see the server log)"
+                return ood, ModelCard(reason=reason), input_reference
             markdown = card_md.read_text(encoding="utf-8") if card_md is not None else None
-        return ood, ModelCard(document=document, markdown=markdown)
+        return ood, ModelCard(document=document, markdown=markdown), input_reference
 
     # -- predicting ------------------------------------------------------------------------
 

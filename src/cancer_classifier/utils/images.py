@@ -45,3 +45,11 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ImageDecodeError("the content is not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"the image is corrupt or truncated ({error})") from None
+
+
+def image_statistics(pixels: np.ndarray) -> dict[str, float]:
+    """Size and intensity of an (H, W, 3) image: cheap, no anatomy. Ingestion records them for the
+    shortcut audit and the drift reference; serving records them per request for drift monitoring."""
+    height, width = pixels.shape[:2]
+    gray = pixels.mean(axis=2)
+    return {"width": width, "height": height, "mean": round(float(gray.mean()), 3), "std": round(float(gray.std()), 3)}
