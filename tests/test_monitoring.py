@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from cancer_classifier.components.dataset import split_files
 from cancer_classifier.serving import create_app
 from cancer_classifier.serving.monitoring import psi
+from tests.conftest import REPO
 
 
 def png(array: np.ndarray) -> bytes:
@@ -75,3 +77,18 @@ def test_drift_and_class_mix_are_on_metrics_and_the_page(monitored, trained_proj
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert 'id="drift-plot"' in html and "never the image" in html
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exported(monitored, trained_project):
+    client, _ = monitored
+    paths, _ = split_files(trained_project.data_ingestion().root_dir, "test")
+    send(client, [open(paths[0], "rb").read()])
+    exported = {line.split("{")[0].split(" ")[0] for line in client.get("/metrics").get_data(as_text=True).splitlines()
+                if line and not line.startswith("#")}
+    dashboard = json.loads((REPO / "monitoring/grafana/dashboards/cancer-classifier.json").read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\b([a-z_]+)(?=\s*[{\[)]|\s*$)", target["expr"]))
+    queried -= {"rate", "sum", "by", "clamp_min", "histogram_quantile", "le", "label", "endpoint", "status"}
+    assert queried and queried <= exported, queried - exported
