@@ -19,6 +19,8 @@ from cancer_classifier.modeling import NOT_FOR_CLINICAL_USE
 from cancer_classifier.utils.logging import logger
 
 MODEL_FILE = "model.joblib"
+REGISTRY_FOLDER = "serving"  # where each registered version's run holds model.joblib
+REGISTRY_ARTIFACT = f"{REGISTRY_FOLDER}/{MODEL_FILE}"
 KIND_NOTICE = {
     "diagnostic": "Diagnostic model: estimates whether the record belongs to the positive class.",
     "prognostic": "Prognostic model: estimates an outcome from the data available at diagnosis; it does not diagnose.",

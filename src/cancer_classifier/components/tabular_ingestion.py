@@ -76,7 +76,7 @@ def target_violations(frame: pd.DataFrame, config: TabularIngestionConfig) -> li
 
 
 def apply_policy(frame: pd.DataFrame, violations: list[Violation], policy: str, what: str, source: str) -> pd.DataFrame:
-    """Stop with the report, or drop every row named in it."""
+    """Stop with the report, or drop every row named in it (rows are the frame's index: source row numbers)."""
     if not violations:
         return frame
     report = "\n  ".join(v.describe() for v in violations)
@@ -84,14 +84,14 @@ def apply_policy(frame: pd.DataFrame, violations: list[Violation], policy: str, 
         raise TabularDataError(f"{source}: {what} (rows count from 1, the first data row):\n  {report}")
     rows = sorted({row for v in violations for row in v.rows})
     logger.warning("dropping %d row(s) with %s:\n  %s", len(rows), what, report)
-    return frame.drop(index=frame.index[rows])
+    return frame.drop(index=rows)
 
 
 def duplicate_violations(frame: pd.DataFrame) -> list[Violation]:
-    repeated = frame.duplicated(keep="first").to_numpy()
+    repeated = frame.duplicated(keep="first")
     if not repeated.any():
         return []
-    return [Violation("(all columns)", "repeats an earlier row", tuple(int(i) for i in repeated.nonzero()[0]))]
+    return [Violation("(all columns)", "repeats an earlier row", tuple(int(i) for i in frame.index[repeated]))]
 
 
 class TabularIngestion:
@@ -103,10 +103,9 @@ class TabularIngestion:
         config = self.config
         raw = read_source(config)
         logger.info("%s: read %d rows x %d columns from %s", config.task.name, len(raw), raw.shape[1], config.source)
-        frame = check_columns(raw, config).reset_index(drop=True)
+        frame = check_columns(raw, config).reset_index(drop=True)  # index = source row, kept through the drops
         invalid = table_violations(frame, config.columns) + target_violations(frame, config)
         frame = apply_policy(frame, invalid, config.on_invalid, "values the schema does not allow", config.source)
-        frame = frame.reset_index(drop=True)
         duplicates = duplicate_violations(frame)
         frame = apply_policy(frame, duplicates, config.on_duplicate, "duplicate rows", config.source)
         counts = frame[config.target].value_counts()

@@ -12,12 +12,10 @@ from mlflow.tracking import MlflowClient
 from cancer_classifier.components.registry import git_commit, promote_if_better
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularRegistryConfig
-from cancer_classifier.tabular_model import MODEL_FILE, TabularModel
+from cancer_classifier.tabular_model import MODEL_FILE, REGISTRY_FOLDER, TabularModel
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
-
-SERVING_ARTIFACT = f"serving/{MODEL_FILE}"  # what serving downloads in registry mode
 
 
 def requirements(model: TabularModel) -> list[str]:
@@ -60,7 +58,7 @@ class TabularRegistry:
                 mlflow.log_metrics({f"cv_{k}": v for k, v in cv.items() if np.isfinite(v)})
             mlflow.log_artifacts(str(config.evaluation_dir), artifact_path="evaluation")
             mlflow.log_artifact(str(config.data_dir / "dataset.json"), artifact_path="data")
-            mlflow.log_artifact(str(config.model_dir / MODEL_FILE), artifact_path="serving")
+            mlflow.log_artifact(str(config.model_dir / MODEL_FILE), artifact_path=REGISTRY_FOLDER)
             version = self.log_model(model, tags)
             decision = promote_if_better(
                 client, tracking.registered_model, tracking.alias, config.promotion_metric, version,
@@ -83,6 +81,9 @@ class TabularRegistry:
             input_example=example,
             pip_requirements=requirements(model),
             pyfunc_predict_fn="predict_proba",
+            # The Pipeline holds our Keras wrapper or histogram trees, which skops will not load without a
+            # per-type review; the project writes these files itself, as it writes model.joblib.
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
             registered_model_name=name,
             metadata={k: model.metadata[k] for k in ("task", "kind", "classes", "positive_class", "intended_use")},
         )

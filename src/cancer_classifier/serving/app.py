@@ -6,7 +6,9 @@ blueprints, the JSON error handler, request logging and metrics. There is no tra
 
 test_config keys (all optional): any Flask setting, plus
 ``SERVING_CONFIG`` (a ServingConfig to use instead of config/config.yaml),
-``PREDICTOR`` (an already-loaded Predictor to serve) and
+``PREDICTOR`` (an already-loaded Predictor to serve),
+``TABULAR_SERVING`` (the tabular tasks' ServingConfigs; default: from config/config.yaml, or none
+when SERVING_CONFIG or PREDICTOR is given) and
 ``MODEL_RETRY_SECONDS`` (how often a missing model is looked for again; default 30).
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from flask import Flask, Request, g, request
 
-from cancer_classifier.entity import ServingConfig
+from cancer_classifier.entity import ServingConfig, TabularServingConfig
 from cancer_classifier.serving import metrics
 from cancer_classifier.serving.errors import ServiceUnavailable, register_error_handlers
 from cancer_classifier.serving.inputs import Window
@@ -55,18 +57,25 @@ class ModelHolder:
                 return
             self._last_attempt = time.monotonic()
             try:
-                self.predictor = Predictor.from_config(self.config)
+                self.predictor = self._create()
             except ModelUnavailable as error:
                 self.reason = str(error)
-                metrics.MODEL_LOADED.set(0)
+                self._loaded(False)
                 return
             except Exception:  # e.g. the warm-up prediction failed: keep serving /health and say so
                 logger.exception("the model could not be loaded")
                 self.reason = "the model could not be loaded (see the server log); retrain it with `dvc repro`"
-                metrics.MODEL_LOADED.set(0)
+                self._loaded(False)
                 return
             self.reason = ""
-            metrics.MODEL_LOADED.set(1)
+            self._loaded(True)
+
+    def _create(self) -> Predictor:
+        return Predictor.from_config(self.config)
+
+    def _loaded(self, ok: bool) -> None:
+        metrics.MODEL_LOADED.set(int(ok))
+        if ok:
             metrics.MODEL_LOAD_SECONDS.set(self.predictor.load_seconds or 0)
 
     def get(self) -> Predictor | None:
@@ -87,6 +96,12 @@ def _serving_config() -> ServingConfig:
     return ConfigurationManager().serving()
 
 
+def _tabular_serving() -> tuple[TabularServingConfig, ...]:
+    from cancer_classifier.config import ConfigurationManager
+
+    return ConfigurationManager().tabular().serving()
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     test_config = dict(test_config or {})
     app = Flask(
@@ -97,6 +112,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.request_class = InMemoryRequest
     app.json.sort_keys = False  # probabilities keep the model's class order
     predictor = test_config.pop("PREDICTOR", None)
+    # A test that hands over the chest-CT model or settings serves no tabular task unless it says so.
+    given = predictor is not None or "SERVING_CONFIG" in test_config
+    tabular = test_config.pop("TABULAR_SERVING", None)
+    tabular = tabular if tabular is not None else (() if given else _tabular_serving())
     config = test_config.pop("SERVING_CONFIG", None) or (None if predictor else _serving_config())
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=config.max_upload_bytes if config else 10 * 1024 * 1024,
@@ -119,10 +138,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_error_handlers(app)
     _register_request_hooks(app, access_log)
 
+    from cancer_classifier.serving import tabular as tabular_tasks
     from cancer_classifier.serving.routes import api, pages
 
     app.register_blueprint(pages)
     app.register_blueprint(api)
+    tabular_tasks.init_app(app, tabular, float(app.config["MODEL_RETRY_SECONDS"]))
     return app
 
 

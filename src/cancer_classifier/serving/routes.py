@@ -9,6 +9,7 @@ from cancer_classifier.serving import metrics
 from cancer_classifier.serving.errors import SUPPORTED_TYPES, BadRequest, ServiceUnavailable, UnsupportedMediaType
 from cancer_classifier.serving.inputs import to_rgb
 from cancer_classifier.serving.predictor import ModelCardUnavailable
+from cancer_classifier.serving.tabular import task_models
 
 pages = Blueprint("pages", __name__)
 api = Blueprint("api", __name__)
@@ -34,19 +35,33 @@ def index():
     )
 
 
+def _tasks(load: bool) -> dict[str, dict]:
+    """Every task's model, chest CT first: loaded or not, which version (``load`` retries a missing one)."""
+    holder = _holder()
+    predictor = holder.get() if load else holder.predictor
+    chest_ct = {"kind": "diagnostic", "required": True, "loaded": predictor is not None}
+    chest_ct |= predictor.info.public() if predictor else {"reason": holder.reason}
+    return {"chest-ct": chest_ct, **task_models(load)}
+
+
 @api.get("/health")
 def health():
-    """Liveness: the process answers. Cheap, never touches the model."""
-    return jsonify(status="ok")
+    """Liveness: the process answers, with each task's model as loaded so far. Cheap, never loads one."""
+    return jsonify(status="ok", tasks=_tasks(load=False))
 
 
 @api.get("/ready")
 def ready():
-    """Readiness: 200 with the model's identity once it is loaded, else 503 with the reason."""
+    """Readiness: 200 with the models' identities once every required task's model is loaded, else 503
+    with the reason. Required: chest CT and the tabular tasks enabled in params.yaml."""
     holder = _holder()
-    predictor = holder.get()
+    tasks = _tasks(load=True)
+    predictor = holder.predictor
     if predictor is None:
-        return jsonify(status="unavailable", reason=holder.reason), 503
+        return jsonify(status="unavailable", reason=holder.reason, tasks=tasks), 503
+    waiting = [f"{name}: {task['reason']}" for name, task in tasks.items() if task["required"] and not task["loaded"]]
+    if waiting:
+        return jsonify(status="unavailable", reason="; ".join(waiting), tasks=tasks), 503
     info = predictor.info
     return jsonify(
         status="ready",
@@ -54,6 +69,7 @@ def ready():
         intended_use=info.intended_use,
         ood_check=predictor.ood is not None,
         model_card=predictor.card.available,
+        tasks=tasks,
     )
 
 

@@ -1,0 +1,117 @@
+// Tabular task page: check the form in the browser (ranges, whole numbers, categories), POST one
+// record as JSON to /predict/<task>, show the label, its probability and the model version.
+// The server checks everything again and answers 400 naming the field; that message is shown too.
+(function () {
+  "use strict";
+  const form = document.getElementById("tabular-form");
+  if (!form) return; // no model: the page only says why
+  const submit = document.getElementById("submit");
+  const errorBox = document.getElementById("error");
+  const result = document.getElementById("result");
+  const label = document.getElementById("label");
+  const probability = document.getElementById("probability");
+  const bars = document.getElementById("bars");
+  const answeredBy = document.getElementById("answered-by");
+  const fields = Array.from(form.querySelectorAll("input, select"));
+
+  function showError(message) {
+    errorBox.textContent = message;
+    errorBox.hidden = false;
+    result.hidden = true;
+  }
+
+  function percent(p) {
+    return (p * 100).toFixed(1) + "%";
+  }
+
+  // The first field the browser's constraints reject, with a message naming it.
+  function firstInvalid() {
+    for (const field of fields) {
+      field.classList.toggle("invalid", !field.checkValidity());
+    }
+    const bad = fields.find(function (field) { return !field.checkValidity(); });
+    if (!bad) return null;
+    return { field: bad, message: "Field '" + bad.name + "': " + bad.validationMessage };
+  }
+
+  function record() {
+    const values = {};
+    fields.forEach(function (field) {
+      values[field.name] = field.type === "number" ? Number(field.value) : field.value;
+    });
+    return values;
+  }
+
+  function render(body) {
+    const prediction = body.predictions[0];
+    label.textContent = prediction.label;
+    probability.textContent = "(probability " + percent(prediction.probability) + ")";
+    bars.replaceChildren();
+    Object.entries(prediction.probabilities).forEach(function (entry) {
+      const row = document.createElement("li");
+      row.className = "bar-row" + (entry[0] === prediction.label ? " top" : "");
+      const name = document.createElement("span");
+      name.className = "bar-name";
+      name.textContent = entry[0];
+      const track = document.createElement("span");
+      track.className = "bar-track";
+      track.setAttribute("role", "meter");
+      track.setAttribute("aria-valuemin", "0");
+      track.setAttribute("aria-valuemax", "100");
+      track.setAttribute("aria-valuenow", (entry[1] * 100).toFixed(1));
+      track.setAttribute("aria-label", entry[0] + " probability");
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      fill.style.display = "block";
+      fill.style.width = percent(entry[1]);
+      track.appendChild(fill);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = percent(entry[1]);
+      row.append(name, track, value);
+      bars.appendChild(row);
+    });
+    answeredBy.textContent = body.model.name + " version " + body.model.version + " (" + body.kind + ")";
+    errorBox.hidden = true;
+    result.hidden = false;
+  }
+
+  fields.forEach(function (field) {
+    field.addEventListener("input", function () { field.classList.remove("invalid"); });
+  });
+
+  form.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    const invalid = firstInvalid();
+    if (invalid) {
+      showError(invalid.message);
+      invalid.field.focus();
+      return;
+    }
+    submit.disabled = true;
+    submit.textContent = "Predicting…";
+    try {
+      const response = await fetch(form.dataset.action, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ records: [record()] }),
+      });
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (ignored) {
+        body = null;
+      }
+      if (!response.ok) {
+        showError((body && body.error) || "The server answered " + response.status + ".");
+        return;
+      }
+      render(body);
+    } catch (error) {
+      showError("Could not reach the server: " + error.message);
+    } finally {
+      submit.disabled = false;
+      submit.textContent = "Predict";
+    }
+  });
+})();
