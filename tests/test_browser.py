@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, shared_path
+from tests.tabular_support import COLORECTAL, run_task, tabular_project
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -40,8 +41,19 @@ def wait_ready(url: str, seconds: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(trained_project):
-    """gunicorn, as in production, serving the tiny trained project on loopback."""
+def tabular_models(trained_project, tmp_path_factory):
+    """The tabular tasks trained into the tiny project's artifacts (colorectal on a sample, if the data is there)."""
+    root = trained_project.root / "artifacts/tabular"
+    manager = tabular_project(tmp_path_factory.mktemp("tabular-browser"), config={"tabular": {"root_dir": str(root)}})
+    tasks = ["breast-cancer"] + (["colorectal-survival"] if COLORECTAL.is_file() else [])
+    for task in tasks:
+        run_task(manager, task)
+    return manager
+
+
+@pytest.fixture(scope="module")
+def server(trained_project, tabular_models):
+    """gunicorn, as in production, serving the tiny trained project (chest CT and tabular tasks) on loopback."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env |= {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}
@@ -114,3 +126,79 @@ def test_a_non_image_shows_an_inline_error(server, browser, tmp_path):
     WebDriverWait(browser, 10).until(ready.element_to_be_clickable((By.ID, "submit"))).click()
     error = WebDriverWait(browser, 30).until(ready.visibility_of_element_located((By.ID, "error")))
     assert "unsupported file type" in error.text.lower()
+
+
+def fill(browser, values: dict) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    for name, value in values.items():
+        field = browser.find_element(By.NAME, name)
+        if field.tag_name == "select":
+            Select(field).select_by_value(str(value))
+        else:
+            field.clear()
+            field.send_keys(str(value))
+
+
+def submit_and_wait(browser, element_id: str, seconds: float = 30):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.find_element(By.ID, "submit").click()
+    return WebDriverWait(browser, seconds).until(ready.visibility_of_element_located((By.ID, element_id)))
+
+
+def breast_test_row(tabular_models) -> dict:
+    from cancer_classifier.components.tabular_data import load_split
+
+    test, _ = load_split(tabular_models.tabular().ingestion("breast-cancer").root_dir, "test")
+    return test.iloc[0].to_dict()
+
+
+def test_breast_cancer_form_shows_label_probability_and_version(server, browser, tabular_models, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/tabular/breast-cancer")
+    assert "not for clinical use" in browser.page_source.lower()
+    assert browser.find_element(By.NAME, "mean radius").get_attribute("max") == "50"
+    fill(browser, breast_test_row(tabular_models))
+    submit_and_wait(browser, "result")
+    assert browser.find_element(By.ID, "label").text in ("benign", "malignant")
+    assert "%" in browser.find_element(By.ID, "probability").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#bars li")) == 2
+    assert "breast-cancer-classifier version 1" in browser.find_element(By.ID, "answered-by").text
+    screenshot = Path(os.environ.get("UI_SCREENSHOT_DIR", tmp_path)) / "tabular_breast_cancer.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(screenshot))
+
+
+def test_the_form_refuses_an_out_of_range_value_before_sending(server, browser, tabular_models):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/tabular/breast-cancer")
+    fill(browser, breast_test_row(tabular_models) | {"mean radius": 999})
+    error = submit_and_wait(browser, "error", 10)
+    assert "mean radius" in error.text
+    assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_colorectal_form_is_labelled_prognostic_and_predicts(server, browser):
+    from selenium.webdriver.common.by import By
+
+    shared_path("data/colorectal/colorectal_cancer_dataset.csv")
+    browser.get(f"{server}/tabular/colorectal-survival")
+    assert "PROGNOSTIC" in browser.find_element(By.CSS_SELECTOR, "header").text
+    fill(browser, {
+        "Country": "Japan", "Age": 70, "Gender": "M", "Cancer_Stage": "Localized", "Tumor_Size_mm": 25,
+        "Family_History": "No", "Smoking_History": "No", "Alcohol_Consumption": "No", "Obesity_BMI": "Normal",
+        "Diet_Risk": "Low", "Physical_Activity": "High", "Diabetes": "No", "Inflammatory_Bowel_Disease": "No",
+        "Genetic_Mutation": "No", "Screening_History": "Regular", "Early_Detection": "Yes",
+        "Treatment_Type": "Surgery", "Incidence_Rate_per_100K": 30, "Mortality_Rate_per_100K": 10,
+        "Urban_or_Rural": "Urban", "Economic_Classification": "Developed", "Healthcare_Access": "High",
+        "Insurance_Status": "Insured",
+    })
+    submit_and_wait(browser, "result")
+    assert browser.find_element(By.ID, "label").text in ("Yes", "No")
+    assert "(prognostic)" in browser.find_element(By.ID, "answered-by").text
