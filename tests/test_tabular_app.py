@@ -134,7 +134,8 @@ def breast_record(breast_rows, **changes) -> dict:
     ("payload", "message"),
     [
         (lambda r: {"features": [list(r.values())[:29]]}, "row 1: expected 30 values in the order"),
-        (lambda r: {"features": [[*list(r.values())[:29], "big"]]}, f"row 1, field '{LAST}': expected a number, got 'big'"),
+        (lambda r: {"features": [[*list(r.values())[:29], "big"]]},
+         f"row 1, field '{LAST}': expected a number, got 'big'"),
         (lambda r: {"records": [r | {"mean radius": "12.5"}]}, "row 1, field 'mean radius': expected a number"),
         (lambda r: {"records": [r | {"mean radius": True}]}, "row 1, field 'mean radius': expected a number"),
         (lambda r: {"records": [r, r | {"mean radius": 99}]}, "field 'mean radius': above the maximum 50 (row 2)"),
