@@ -61,7 +61,9 @@ def auc(block: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")))
+    parser.add_argument(
+        "--shared", type=Path, default=Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared"))
+    )
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["two", "four"])
     args = parser.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # a throw-away local store per run
@@ -70,13 +72,22 @@ def main() -> None:
         folder, classes = TASKS[task]
         for harmonise in (False, True):
             with tempfile.TemporaryDirectory(prefix="harmonisation-") as root:
-                manager = project(Path(root), args.shared / "data" / folder, classes,
-                                  args.shared / "models/vgg16_notop.weights.h5", harmonise)
+                manager = project(
+                    Path(root),
+                    args.shared / "data" / folder,
+                    classes,
+                    args.shared / "models/vgg16_notop.weights.h5",
+                    harmonise,
+                )
                 result = run(manager)
-            rows.append(f"| {task} classes | {'on' if harmonise else 'off'} | {result['test_images']} | "
-                        f"{auc(result)} | {auc(result['baseline'])} | {auc(result['input_baseline'])} |")
+            rows.append(
+                f"| {task} classes | {'on' if harmonise else 'off'} | {result['test_images']} | "
+                f"{auc(result)} | {auc(result['baseline'])} | {auc(result['input_baseline'])} |"
+            )
             print(rows[-1], flush=True)
-    print("\n| task | harmonisation | test images | model ROC-AUC (95% CI) | metadata baseline | model-input baseline |")
+    print(
+        "\n| task | harmonisation | test images | model ROC-AUC (95% CI) | metadata baseline | model-input baseline |"
+    )
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
 

@@ -43,9 +43,13 @@ def default_image() -> bytes:
 def multipart(image: bytes, filename: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -100,8 +104,10 @@ def main() -> None:
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [float("nan")] * 99
     print("\n| target | requests | concurrency | ok | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {url} | {len(results)} | {args.concurrency} | {len(latencies)} | {errors} | {len(latencies) / elapsed:.2f} "
-          f"| {q[49]:.0f} | {q[94]:.0f} | {q[98]:.0f} |")
+    print(
+        f"| {url} | {len(results)} | {args.concurrency} | {len(latencies)} | {errors} | {len(latencies) / elapsed:.2f} "
+        f"| {q[49]:.0f} | {q[94]:.0f} | {q[98]:.0f} |"
+    )
 
 
 if __name__ == "__main__":

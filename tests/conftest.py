@@ -54,7 +54,10 @@ def write_project(root: Path, config: dict | None = None, params: dict | None = 
     base_config["evaluation"]["scores_file"] = str(root / "scores.json")
     base_config["serving"]["model_dir"] = str(root / "artifacts/training")
     base_config["serving"]["registration_file"] = str(root / "artifacts/register/registration.json")
-    base_config["tracking"] |= {"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_location": str(root / "mlruns")}
+    base_config["tracking"] |= {
+        "tracking_uri": f"sqlite:///{root}/mlflow.db",
+        "artifact_location": str(root / "mlruns"),
+    }
     config_path, params_path = root / "config" / "config.yaml", root / "params.yaml"
     config_path.parent.mkdir(exist_ok=True)
     config_path.write_text(yaml.safe_dump(merge(base_config, config or {})))
@@ -100,7 +103,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     def make(config: dict | None = None, params: dict | None = None) -> ConfigurationManager:
-        return ConfigurationManager(*write_project(tmp_path, config, merge(TINY_PARAMS, params or {})), project_root=tmp_path)
+        return ConfigurationManager(
+            *write_project(tmp_path, config, merge(TINY_PARAMS, params or {})), project_root=tmp_path
+        )
 
     return make
 

@@ -34,20 +34,35 @@ def repo_copy(tmp_path_factory) -> Path:
     """This repo's files as git sees them (nothing ignored, no artifacts), in a fresh git repo."""
     copy = tmp_path_factory.mktemp("repo")
     files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for name in files:
         if (REPO / name).is_file() and name != "dvc.lock":
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, copy / name)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         subprocess.run(command, cwd=copy, check=True)
     return copy
 
 
 def test_default_dvc_repro_completes_and_the_demo_model_learns(repo_copy):
     output = run(["dvc", "repro"], repo_copy)
-    assert stages_run(output) == ["data_ingestion", "prepare_base_model", "features", "training", "evaluation", "register"]
+    assert stages_run(output) == [
+        "data_ingestion",
+        "prepare_base_model",
+        "features",
+        "training",
+        "evaluation",
+        "register",
+    ]
     scores = json.loads((repo_copy / "scores.json").read_text())
     assert scores["demo"] is True
     assert scores["roc_auc"] >= 0.9, scores

@@ -48,7 +48,9 @@ def test_unfreezing_the_last_block_leaves_the_rest_frozen(tmp_path, model):
     unfreeze_last_blocks(copy, 1)
     base = copy.get_layer("vgg16")
     assert [layer.name for layer in base.layers if layer.trainable and layer.weights] == [
-        "block5_conv1", "block5_conv2", "block5_conv3"
+        "block5_conv1",
+        "block5_conv2",
+        "block5_conv3",
     ]
     assert not base.get_layer("block4_conv3").trainable
 
@@ -56,7 +58,9 @@ def test_unfreezing_the_last_block_leaves_the_rest_frozen(tmp_path, model):
 def test_saved_model_predicts_the_same(tmp_path, model):
     images = np.random.default_rng(2).uniform(0, 255, (2, 70, 70, 3)).astype("float32")
     model.save(tmp_path / "m.keras")
-    assert np.array_equal(load_classifier(tmp_path / "m.keras").predict(images, verbose=0), model.predict(images, verbose=0))
+    assert np.array_equal(
+        load_classifier(tmp_path / "m.keras").predict(images, verbose=0), model.predict(images, verbose=0)
+    )
 
 
 def test_local_pretrained_weights_file_loads():

@@ -59,7 +59,9 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     champion = client.get_model_version_by_alias(tracking.registered_model, tracking.alias)
     assert champion.tags["demo"] == "true" and "not for clinical use" in champion.tags["intended_use"]
     run = client.get_run(champion.run_id)
-    assert run.data.metrics["test_roc_auc"] == pytest.approx(load_json(trained_project.evaluation().root_dir / "evaluation.json")["metrics"]["roc_auc"])
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(
+        load_json(trained_project.evaluation().root_dir / "evaluation.json")["metrics"]["roc_auc"]
+    )
     assert run.data.tags["data_manifest_sha256"] and run.data.tags["base_weights"] == "none"
     training_run = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert "head_val_loss" in training_run.data.metrics  # per-epoch metrics from training

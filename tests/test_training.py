@@ -56,16 +56,24 @@ def test_input_reference_describes_the_training_split(trained_project):
 
 
 def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32(project):
-    manager = project(params={"features": {"precision": "mixed_bfloat16"},
-                              "training": {"epochs": 3, "fine_tune": {"blocks": 1, "epochs": 1}}})
+    manager = project(
+        params={
+            "features": {"precision": "mixed_bfloat16"},
+            "training": {"epochs": 3, "fine_tune": {"blocks": 1, "epochs": 1}},
+        }
+    )
     DataIngestion(manager.data_ingestion()).run()
     PrepareBaseModel(manager.prepare_base_model()).run()
     Features(manager.features()).run()
     Training(manager.training()).run()
     before = load_classifier(manager.prepare_base_model().root_dir / "base_model.keras").get_layer("vgg16")
     after = load_classifier(manager.training().root_dir / "model.keras").get_layer("vgg16")
-    assert not np.array_equal(before.get_layer("block5_conv3").get_weights()[0], after.get_layer("block5_conv3").get_weights()[0])
-    assert np.array_equal(before.get_layer("block4_conv3").get_weights()[0], after.get_layer("block4_conv3").get_weights()[0])
+    assert not np.array_equal(
+        before.get_layer("block5_conv3").get_weights()[0], after.get_layer("block5_conv3").get_weights()[0]
+    )
+    assert np.array_equal(
+        before.get_layer("block4_conv3").get_weights()[0], after.get_layer("block4_conv3").get_weights()[0]
+    )
     assert after.get_layer("block5_conv3").dtype_policy.name == "float32"
     info = load_json(manager.training().root_dir / "training_info.json")
     assert info["precision"] == "mixed_bfloat16" and info["fine_tune_epochs"] == 1

@@ -38,12 +38,16 @@ class OODReference:
             return cls(saved["mean"], saved["components"], saved["variance"], float(saved["threshold"]))
 
 
-def fit_reference(train_features: np.ndarray, val_features: np.ndarray, components: int, quantile: float) -> OODReference:
+def fit_reference(
+    train_features: np.ndarray, val_features: np.ndarray, components: int, quantile: float
+) -> OODReference:
     from sklearn.decomposition import PCA  # only training fits; serving just applies
 
     pca = PCA(min(components, len(train_features) - 1)).fit(train_features.astype(np.float64))
     unbounded = OODReference(pca.mean_, pca.components_, pca.explained_variance_, float("inf"))
     return OODReference(
-        pca.mean_, pca.components_, pca.explained_variance_,
+        pca.mean_,
+        pca.components_,
+        pca.explained_variance_,
         float(np.quantile(unbounded.distances(val_features), quantile)),
     )

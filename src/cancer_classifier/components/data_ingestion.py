@@ -96,7 +96,9 @@ def materialize_source(config: DataIngestionConfig, workdir: Path) -> Path:
     source = config.source
     if config.is_synthetic:
         folder = workdir / "synthetic"
-        write_phantoms(folder, config.classes, config.synthetic.images_per_class, config.synthetic.image_size, config.seed)
+        write_phantoms(
+            folder, config.classes, config.synthetic.images_per_class, config.synthetic.image_size, config.seed
+        )
         return folder
     if source.startswith(("http://", "https://")):
         archive = download(source, config.source_sha256 or "", workdir / "source.zip")
@@ -215,9 +217,7 @@ def group_split(groups: list[int], labels: list[str], fractions: dict[str, float
         filled = Counter()
         for position, g in enumerate(order):
             left = len(order) - position
-            name = next(
-                (n for n in ("test", "val") if filled[n] < wanted[n] and left > (n == "test") + 1), "train"
-            )
+            name = next((n for n in ("test", "val") if filled[n] < wanted[n] and left > (n == "test") + 1), "train")
             for i in class_groups[g]:
                 split[i] = name
             filled[name] += len(class_groups[g])
@@ -256,8 +256,15 @@ class DataIngestion:
                 name = f"images/{record.sha256}.png"
                 Image.fromarray(record.pixels).save(out / name)
                 writer.writerow(
-                    {"file": name, "sha256": record.sha256, "label": record.label, "split": split,
-                     "group": records[group].sha256[:12], "source_path": record.source_path, **record.metadata}
+                    {
+                        "file": name,
+                        "sha256": record.sha256,
+                        "label": record.label,
+                        "split": split,
+                        "group": records[group].sha256[:12],
+                        "source_path": record.source_path,
+                        **record.metadata,
+                    }
                 )
 
     def _report(self, files, ignored, rejected, duplicates, conflicts, unique, groups, splits) -> dict:
@@ -266,9 +273,13 @@ class DataIngestion:
         for record, split in zip(unique, splits):
             counts[split][record.label] += 1
         near = [
-            {"files": [unique[i].source_path for i in g], "labels": sorted({unique[i].label for i in g}),
-             "split": splits[g[0]]}
-            for g in group_members(groups) if len(g) > 1
+            {
+                "files": [unique[i].source_path for i in g],
+                "labels": sorted({unique[i].label for i in g}),
+                "split": splits[g[0]],
+            }
+            for g in group_members(groups)
+            if len(g) > 1
         ]
         return {
             "dataset": {

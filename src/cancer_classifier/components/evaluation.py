@@ -59,10 +59,21 @@ def save_plots(out: Path, y_true: np.ndarray, proba: np.ndarray, classes: list[s
     fig, ax = plt.subplots(figsize=(1.6 * len(classes) + 2.5, 1.4 * len(classes) + 2))
     ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     for (r, c), count in np.ndenumerate(matrix):
-        ax.text(c, r, f"{count}\n{normalised[r, c]:.0%}", ha="center", va="center",
-                color="white" if normalised[r, c] > 0.5 else "black")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="actual",
-           title="confusion matrix (held-out test)")
+        ax.text(
+            c,
+            r,
+            f"{count}\n{normalised[r, c]:.0%}",
+            ha="center",
+            va="center",
+            color="white" if normalised[r, c] > 0.5 else "black",
+        )
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xlabel="predicted",
+        ylabel="actual",
+        title="confusion matrix (held-out test)",
+    )
     ax.set_xticklabels(classes, rotation=30, ha="right")
     ax.set_yticklabels(classes)
     fig.tight_layout()
@@ -70,7 +81,9 @@ def save_plots(out: Path, y_true: np.ndarray, proba: np.ndarray, classes: list[s
     plt.close(fig)
 
 
-def log_dvclive(out: Path, scores: dict, y_true: np.ndarray, proba: np.ndarray, classes: list[str], positive: int) -> None:
+def log_dvclive(
+    out: Path, scores: dict, y_true: np.ndarray, proba: np.ndarray, classes: list[str], positive: int
+) -> None:
     """Metrics and DVC plot data (ROC, PR, calibration, confusion) through dvclive."""
     with Live(dir=str(out / "dvclive"), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         for name, value in scores.items():
@@ -103,7 +116,9 @@ class Evaluation:
         paths, y_true, proba = self.predict_test(model)
         scores = headline_metrics(y_true, proba, positive)
         intervals = bootstrap_intervals(y_true, proba, positive, config.bootstrap_resamples, config.seed)
-        audit = shortcut_audit(config.data_dir, harmonise_layer(model), positive, config.bootstrap_resamples, config.seed)
+        audit = shortcut_audit(
+            config.data_dir, harmonise_layer(model), positive, config.bootstrap_resamples, config.seed
+        )
         baseline = audit["metadata"]
         report = {
             "split": "test (held out: never used for training or early stopping)",
@@ -146,14 +161,17 @@ class Evaluation:
     def write_scores(self, report: dict) -> None:
         """The DVC metric file (headline numbers, intervals, the shortcut baseline), replaced atomically."""
         partial = self.config.scores_path.with_suffix(".json.partial")
-        save_json(partial, {
-            **{k: round(v, 4) for k, v in report["metrics"].items()},
-            "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
-            "baseline_roc_auc": round(report["baseline"]["metrics"]["roc_auc"], 4),
-            "baseline_roc_auc_ci95": [round(v, 4) for v in report["baseline"]["ci95"]["roc_auc"]],
-            "input_baseline_roc_auc": round(report["input_baseline"]["metrics"]["roc_auc"], 4),
-            "shortcut_warning": report["shortcut_warning"],
-            "test_images": report["test_images"],
-            "demo": report["demo"],
-        })
+        save_json(
+            partial,
+            {
+                **{k: round(v, 4) for k, v in report["metrics"].items()},
+                "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
+                "baseline_roc_auc": round(report["baseline"]["metrics"]["roc_auc"], 4),
+                "baseline_roc_auc_ci95": [round(v, 4) for v in report["baseline"]["ci95"]["roc_auc"]],
+                "input_baseline_roc_auc": round(report["input_baseline"]["metrics"]["roc_auc"], 4),
+                "shortcut_warning": report["shortcut_warning"],
+                "test_images": report["test_images"],
+                "demo": report["demo"],
+            },
+        )
         os.replace(partial, self.config.scores_path)

@@ -65,7 +65,9 @@ def per_class_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str])
         name: {
             "sensitivity": float(sensitivity[i]),
             "specificity": float(specificity[i]),
-            "roc_auc": float(roc_auc_score(y_true == i, proba[:, i])) if 0 < (y_true == i).sum() < len(y_true) else float("nan"),
+            "roc_auc": float(roc_auc_score(y_true == i, proba[:, i]))
+            if 0 < (y_true == i).sum() < len(y_true)
+            else float("nan"),
             "support": int((y_true == i).sum()),
         }
         for i, name in enumerate(classes)
@@ -77,7 +79,9 @@ def bootstrap_intervals(
 ) -> dict[str, list[float]]:
     """Percentile intervals of each headline metric over resamples of the test set (with replacement)."""
     rng = np.random.default_rng(seed)
-    draws = [headline_metrics(y_true[i], proba[i], positive) for i in rng.integers(0, len(y_true), (resamples, len(y_true)))]
+    draws = [
+        headline_metrics(y_true[i], proba[i], positive) for i in rng.integers(0, len(y_true), (resamples, len(y_true)))
+    ]
     tail = (1 - level) / 2 * 100
     return {
         name: [float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))]

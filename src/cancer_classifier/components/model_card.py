@@ -16,7 +16,9 @@ def known_limits(report: dict, data: dict) -> list[str]:
             "the classes can be told apart by image source, so this score is weak evidence of pathology."
         )
     if report["test_images"] < 100:
-        limits.append(f"Small test split ({report['test_images']} images): read the intervals, not the point estimates.")
+        limits.append(
+            f"Small test split ({report['test_images']} images): read the intervals, not the point estimates."
+        )
     limits.append(
         "Slices are classified one at a time, without patient-level grouping beyond near-duplicate detection."
     )
@@ -55,15 +57,27 @@ def build_model_card(report: dict, data: dict, base: dict, training: dict) -> di
     }
 
 
+def _interval(bounds: list[float]) -> str:
+    return f"{bounds[0]:.3f} – {bounds[1]:.3f}"
+
+
 def render_markdown(card: dict) -> str:
     evaluation, baseline, inputs = card["evaluation"], card["shortcut_baseline"], card["model_input_baseline"]
     rows = "\n".join(
-        f"| {name} | {evaluation['metrics'][name]:.3f} | {evaluation['ci95'][name][0]:.3f} – {evaluation['ci95'][name][1]:.3f} |"
+        f"| {name} | {evaluation['metrics'][name]:.3f} | {_interval(evaluation['ci95'][name])} |"
         for name in HEADLINE_ORDER
     )
     counts = "\n".join(
-        f"| {split} | " + " | ".join(str(n) for n in per_class.values()) + " |" for split, per_class in card["data"]["counts"].items()
+        f"| {split} | " + " | ".join(str(n) for n in per_class.values()) + " |"
+        for split, per_class in card["data"]["counts"].items()
     )
+    weights, training = card["base_weights"], card["training"]
+    weights_hash = f", sha256 {weights['sha256']}" if "sha256" in weights else ""
+    preprocessing = (
+        "harmonised (grayscale, intensity stretch, cropped to the body, padded square)"
+        if training["harmonised"] else "resized only (no harmonisation)"
+    )
+    warning = " **Warning: close to the model.**" if baseline["warning"] else ""
     limits = "\n".join(f"- {limit}" for limit in card["known_limits"])
     return f"""# Model card — {card['model']}
 
@@ -81,9 +95,10 @@ Split: {card['data']['split_method']}.
 {counts}
 
 ## Model and training
-Base weights: {card['base_weights']['description']} (`{card['base_weights']['weights']}`{', sha256 ' + card['base_weights']['sha256'] if 'sha256' in card['base_weights'] else ''}).
-Input size {card['training']['image_size']} px, {'harmonised (grayscale, intensity stretch, cropped to the body, padded square)' if card['training']['harmonised'] else 'resized only (no harmonisation)'}; {card['training']['head_epochs']} head epochs on cached features
-({card['training']['feature_views']} view(s) per image), {card['training']['fine_tune_epochs']} fine-tuning epochs; seed {card['training']['seed']}.
+Base weights: {weights['description']} (`{weights['weights']}`{weights_hash}).
+Input size {training['image_size']} px, {preprocessing}; {training['head_epochs']} head epochs on cached features
+({training['feature_views']} view(s) per image), {training['fine_tune_epochs']} fine-tuning epochs;
+seed {training['seed']}.
 
 ## Evaluation ({evaluation['split']}, {evaluation['test_images']} images, {evaluation['averaging']})
 
@@ -92,9 +107,9 @@ Input size {card['training']['image_size']} px, {'harmonised (grayscale, intensi
 {rows}
 
 Shortcut baseline ({baseline['model']}): ROC-AUC {baseline['metrics']['roc_auc']:.3f}
-({baseline['ci95']['roc_auc'][0]:.3f} – {baseline['ci95']['roc_auc'][1]:.3f}).{' **Warning: close to the model.**' if baseline['warning'] else ''}
+({_interval(baseline['ci95']['roc_auc'])}).{warning}
 Model-input baseline ({inputs['model']}): ROC-AUC {inputs['metrics']['roc_auc']:.3f}
-({inputs['ci95']['roc_auc'][0]:.3f} – {inputs['ci95']['roc_auc'][1]:.3f}): what is left of the source cues in what the model sees.
+({_interval(inputs['ci95']['roc_auc'])}): what is left of the source cues in what the model sees.
 
 ## Known limits
 {limits}

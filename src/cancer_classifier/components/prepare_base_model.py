@@ -29,11 +29,19 @@ class PrepareBaseModel:
         classes = dataset_info(config.data_dir)["classes"]
         keras.utils.set_random_seed(config.seed)
         model = build_classifier(
-            config.image_size, len(classes), config.weights, config.pooling, config.dense_units, config.dropout,
+            config.image_size,
+            len(classes),
+            config.weights,
+            config.pooling,
+            config.dense_units,
+            config.dropout,
             config.harmonise,
         )
         with atomic_directory(config.root_dir) as out:
             model.save(out / "base_model.keras")
-            save_json(out / "base_model_info.json", {"image_size": config.image_size, "harmonise": config.harmonise, **describe_weights(config.weights)})
+            save_json(
+                out / "base_model_info.json",
+                {"image_size": config.image_size, "harmonise": config.harmonise, **describe_weights(config.weights)},
+            )
         logger.info("base model saved: %d classes, %s weights", len(classes), config.weights)
         return config.root_dir / "base_model.keras"

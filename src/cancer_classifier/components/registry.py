@@ -9,12 +9,13 @@ import mlflow
 import mlflow.tensorflow
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
 
 from cancer_classifier.components.dataset import image_batches, split_files
 from cancer_classifier.entity import RegistryConfig
-from cancer_classifier.modeling import intended_use, load_classifier
+from cancer_classifier.modeling import Harmonise, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
@@ -54,7 +55,7 @@ def promote_if_better(client: MlflowClient, name: str, alias: str, metric: str, 
     return {"promoted": promoted, "alias": alias, "metric": metric, "score": score, "reason": reason}
 
 
-SERVING_FILES = ("model_metadata.json", "class_indices.json", REFERENCE_FILE)
+SERVING_FILES = ("model_metadata.json", "class_indices.json", "input_reference.json", REFERENCE_FILE)
 
 
 class ModelRegistry:
@@ -73,13 +74,17 @@ class ModelRegistry:
             "git_commit": git_commit(),
             "data_manifest_sha256": sha256_file(config.data_dir / "manifest.csv"),
             "base_weights": base["weights"],
-            "base_weights_provenance": base["description"] + (f" (sha256 {base['sha256']})" if "sha256" in base else ""),
+            "base_weights_provenance": base["description"]
+            + (f" (sha256 {base['sha256']})" if "sha256" in base else ""),
         }
         use_experiment(tracking)
         client = MlflowClient()
         # Each registration is a child of the training run, so re-evaluating a model never
         # collides with the parameters already logged there.
-        with mlflow.start_run(run_id=training["mlflow_run_id"]), mlflow.start_run(run_name="evaluate-register", nested=True):
+        with (
+            mlflow.start_run(run_id=training["mlflow_run_id"]),
+            mlflow.start_run(run_name="evaluate-register", nested=True),
+        ):
             mlflow.set_tags(tags)
             mlflow.log_params(config.params)
             mlflow.log_metrics({f"test_{k}": v for k, v in evaluation["metrics"].items() if np.isfinite(v)})
@@ -91,7 +96,10 @@ class ModelRegistry:
             decision = self.promote(client, version, evaluation["metrics"][config.promotion_metric])
             mlflow.set_tag("promotion", decision["reason"])
         with atomic_directory(config.root_dir) as out:
-            save_json(out / "registration.json", {"registered_model": tracking.registered_model, "version": version, **decision})
+            save_json(
+                out / "registration.json",
+                {"registered_model": tracking.registered_model, "version": version, **decision},
+            )
         logger.info("registered %s version %s: %s", tracking.registered_model, version, decision["reason"])
         return decision
 
@@ -99,11 +107,15 @@ class ModelRegistry:
         model = load_classifier(self.config.model_dir / "model.keras")
         classes = list(load_json(self.config.model_dir / "class_indices.json"))
         example_path = split_files(self.config.data_dir, "test")[0][:1]
-        example = next(iter(image_batches(example_path, 64, 1))).numpy()  # any size: the model resizes
+        # A small raw image: the model takes any size and harmonises it itself.
+        example = next(iter(image_batches(example_path, Harmonise(64, harmonise=False), 1))).numpy()
         info = mlflow.tensorflow.log_model(
             model,
             name="model",
-            signature=infer_signature(example, model.predict(example, verbose=0)),
+            signature=ModelSignature(  # any image size: the model harmonises it itself
+                inputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1, 3), "image")]),
+                outputs=Schema([TensorSpec(np.dtype("float32"), (-1, len(classes)), "probabilities")]),
+            ),
             input_example=example,
             registered_model_name=self.config.tracking.registered_model,
             metadata={"classes": classes, "demo": demo, "intended_use": tags["intended_use"]},

@@ -12,6 +12,8 @@ from cancer_classifier.entity import (
     AugmentationConfig,
     DataIngestionConfig,
     EvaluationConfig,
+    FeaturesConfig,
+    MonitoringConfig,
     PrepareBaseModelConfig,
     RegistryConfig,
     ServingConfig,
@@ -43,6 +45,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "folder_separator": str,
     },
     "prepare_base_model": {"root_dir": str},
+    "features": {"root_dir": str},
     "training": {"root_dir": str},
     "evaluation": {"root_dir": str, "scores_file": str},
     "register": {"root_dir": str},
@@ -54,6 +57,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "dicom_window": {"center": NUMBER, "width": NUMBER},
         "precision": str,
         "max_batch": int,
+        "monitoring": {"log_file": str, "window": int, "drift_alert_psi": NUMBER, "max_log_mb": NUMBER},
     },
     "tracking": {
         "tracking_uri": str,
@@ -78,11 +82,17 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "seed": int,
         "image_size": int,
         "harmonise": bool,
-        "precision": str,
         "weights": str,
         "pooling": str,
         "dense_units": int,
         "dropout": NUMBER,
+    },
+    "features": {
+        "seed": int,
+        "batch_size": int,
+        "precision": str,
+        "views": int,
+        "augmentation": {"flip": bool, "rotation": NUMBER, "zoom": NUMBER, "contrast": NUMBER},
     },
     "training": {
         "seed": int,
@@ -91,13 +101,6 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "learning_rate": NUMBER,
         "early_stopping_patience": int,
         "class_weights": bool,
-        "augmentation": {
-            "views": int,
-            "flip": bool,
-            "rotation": NUMBER,
-            "zoom": NUMBER,
-            "contrast": NUMBER,
-        },
         "ood_components": int,
         "ood_quantile": NUMBER,
         "fine_tune": {"blocks": int, "epochs": int, "learning_rate": NUMBER},
@@ -146,8 +149,7 @@ def _check_schema(values: Any, schema: dict[str, Any], file: Path, prefix: str =
         # bool is an int subclass: true must not pass as a number, nor 1 as a flag.
         elif isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
             raise ConfigError(
-                f"{file}: '{prefix}{key}' must be {_type_names(expected)}, "
-                f"got {value!r} ({type(value).__name__})"
+                f"{file}: '{prefix}{key}' must be {_type_names(expected)}, got {value!r} ({type(value).__name__})"
             )
 
 
@@ -176,6 +178,7 @@ class ConfigurationManager:
 
     def _check_values(self) -> None:
         data, base, train = self.params["data"], self.params["base_model"], self.params["training"]
+        features = self.params["features"]
         classes = data["classes"]
         if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
             self._fail_param("data.classes", "a list of at least two distinct class names", classes)
@@ -193,7 +196,8 @@ class ConfigurationManager:
             ("training.batch_size", train["batch_size"], 1),
             ("training.epochs", train["epochs"], 1),
             ("training.early_stopping_patience", train["early_stopping_patience"], 1),
-            ("training.augmentation.views", train["augmentation"]["views"], 1),
+            ("features.batch_size", features["batch_size"], 1),
+            ("features.views", features["views"], 1),
             ("training.ood_components", train["ood_components"], 1),
             ("training.fine_tune.epochs", train["fine_tune"]["epochs"], 1),
             ("evaluation.bootstrap_resamples", self.params["evaluation"]["bootstrap_resamples"], 100),
@@ -201,14 +205,19 @@ class ConfigurationManager:
             if value < low:
                 self._fail_param(key, f"at least {low}", value)
         if not 0 <= train["fine_tune"]["blocks"] <= VGG16_CONV_BLOCKS:
-            self._fail_param("training.fine_tune.blocks", f"between 0 and {VGG16_CONV_BLOCKS}", train["fine_tune"]["blocks"])
+            self._fail_param(
+                "training.fine_tune.blocks", f"between 0 and {VGG16_CONV_BLOCKS}", train["fine_tune"]["blocks"]
+            )
         if not 0 <= base["dropout"] < 1:
             self._fail_param("base_model.dropout", "in [0, 1)", base["dropout"])
-        if base["precision"] not in PRECISIONS:
-            self._fail_param("base_model.precision", f"one of {PRECISIONS}", base["precision"])
+        if features["precision"] not in PRECISIONS:
+            self._fail_param("features.precision", f"one of {PRECISIONS}", features["precision"])
         if base["pooling"] not in ("avg", "max"):
             self._fail_param("base_model.pooling", "'avg' or 'max'", base["pooling"])
-        for key, value in [("learning_rate", train["learning_rate"]), ("fine_tune.learning_rate", train["fine_tune"]["learning_rate"])]:
+        for key, value in [
+            ("learning_rate", train["learning_rate"]),
+            ("fine_tune.learning_rate", train["fine_tune"]["learning_rate"]),
+        ]:
             if not value > 0:
                 self._fail_param(f"training.{key}", "a positive number", value)
         if not 0 <= self.params["evaluation"]["shortcut_margin"] < 1:
@@ -216,8 +225,8 @@ class ConfigurationManager:
         if not 0.5 <= train["ood_quantile"] <= 1:
             self._fail_param("training.ood_quantile", "between 0.5 and 1", train["ood_quantile"])
         for key in ("rotation", "zoom", "contrast"):
-            if not 0 <= train["augmentation"][key] < 1:
-                self._fail_param(f"training.augmentation.{key}", "in [0, 1)", train["augmentation"][key])
+            if not 0 <= features["augmentation"][key] < 1:
+                self._fail_param(f"features.augmentation.{key}", "in [0, 1)", features["augmentation"][key])
         metric = self.params["evaluation"]["promotion_metric"]
         if metric not in PROMOTION_METRICS:
             self._fail_param("evaluation.promotion_metric", f"one of {PROMOTION_METRICS}", metric)
@@ -230,9 +239,19 @@ class ConfigurationManager:
         self.tabular()  # the tabular tasks' sections are checked with everything else
         serving = self.config["serving"]
         if serving["precision"] not in PRECISIONS:
-            raise ConfigError(f"{self.config_path}: 'serving.precision' must be one of {PRECISIONS}, got {serving['precision']!r}")
+            raise ConfigError(
+                f"{self.config_path}: 'serving.precision' must be one of {PRECISIONS}, got {serving['precision']!r}"
+            )
+        monitoring = serving["monitoring"]
+        if monitoring["window"] < 10 or not monitoring["drift_alert_psi"] > 0 or not monitoring["max_log_mb"] > 0:
+            raise ConfigError(
+                f"{self.config_path}: 'serving.monitoring' needs window >= 10 and a positive "
+                "drift_alert_psi and max_log_mb"
+            )
         if serving["max_batch"] < 1:
-            raise ConfigError(f"{self.config_path}: 'serving.max_batch' must be at least 1, got {serving['max_batch']!r}")
+            raise ConfigError(
+                f"{self.config_path}: 'serving.max_batch' must be at least 1, got {serving['max_batch']!r}"
+            )
         if not serving["max_upload_mb"] > 0 or not serving["dicom_window"]["width"] > 0:
             raise ConfigError(
                 f"{self.config_path}: 'serving.max_upload_mb' and 'serving.dicom_window.width' must be positive"
@@ -254,7 +273,9 @@ class ConfigurationManager:
                 "subfolders, a .zip of such folders or an http(s) URL"
             )
         if sha256 is not None and (len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256.lower())):
-            raise ConfigError(f"{self.config_path}: 'data_ingestion.source_sha256' must be 64 hex digits, got {sha256!r}")
+            raise ConfigError(
+                f"{self.config_path}: 'data_ingestion.source_sha256' must be 64 hex digits, got {sha256!r}"
+            )
 
     # -- entities --------------------------------------------------------------------------
 
@@ -297,32 +318,48 @@ class ConfigurationManager:
             dropout=float(base["dropout"]),
         )
 
+    def _augmentation(self) -> AugmentationConfig:
+        augmentation = self.params["features"]["augmentation"]
+        return AugmentationConfig(
+            flip=augmentation["flip"],
+            rotation=float(augmentation["rotation"]),
+            zoom=float(augmentation["zoom"]),
+            contrast=float(augmentation["contrast"]),
+        )
+
+    def features(self) -> FeaturesConfig:
+        features = self.params["features"]
+        return FeaturesConfig(
+            root_dir=self._dir("features"),
+            data_dir=self._dir("data_ingestion"),
+            base_model_dir=self._dir("prepare_base_model"),
+            seed=features["seed"],
+            batch_size=features["batch_size"],
+            views=features["views"],
+            augmentation=self._augmentation(),
+            precision=self.params["features"]["precision"],
+        )
+
     def training(self) -> TrainingConfig:
         train = self.params["training"]
-        augmentation = train["augmentation"]
         return TrainingConfig(
             root_dir=self._dir("training"),
             data_dir=self._dir("data_ingestion"),
             base_model_dir=self._dir("prepare_base_model"),
+            features_dir=self._dir("features"),
             seed=train["seed"],
             batch_size=train["batch_size"],
             epochs=train["epochs"],
             learning_rate=float(train["learning_rate"]),
             early_stopping_patience=train["early_stopping_patience"],
             class_weights=train["class_weights"],
-            augmentation=AugmentationConfig(
-                views=augmentation["views"],
-                flip=augmentation["flip"],
-                rotation=float(augmentation["rotation"]),
-                zoom=float(augmentation["zoom"]),
-                contrast=float(augmentation["contrast"]),
-            ),
+            augmentation=self._augmentation(),
             ood_components=train["ood_components"],
             ood_quantile=float(train["ood_quantile"]),
             fine_tune_blocks=train["fine_tune"]["blocks"],
             fine_tune_epochs=train["fine_tune"]["epochs"],
             fine_tune_learning_rate=float(train["fine_tune"]["learning_rate"]),
-            precision=self.params["base_model"]["precision"],
+            precision=self.params["features"]["precision"],
             tracking=self.tracking(),
         )
 
@@ -338,7 +375,6 @@ class ConfigurationManager:
             bootstrap_resamples=evaluation["bootstrap_resamples"],
             shortcut_margin=float(evaluation["shortcut_margin"]),
             seed=evaluation["seed"],
-            precision=self.params["base_model"]["precision"],
         )
 
     def tracking(self) -> TrackingConfig:
@@ -368,6 +404,12 @@ class ConfigurationManager:
             dicom_window_width=float(serving["dicom_window"]["width"]),
             precision=serving["precision"],
             max_batch=serving["max_batch"],
+            monitoring=MonitoringConfig(
+                log_file=self._path(serving["monitoring"]["log_file"]),
+                window=serving["monitoring"]["window"],
+                drift_alert_psi=float(serving["monitoring"]["drift_alert_psi"]),
+                max_log_bytes=int(serving["monitoring"]["max_log_mb"] * 1024 * 1024),
+            ),
             use_registry=bool(os.environ.get("MLFLOW_TRACKING_URI")),
             tracking=self.tracking(),
         )

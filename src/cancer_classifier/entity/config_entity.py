@@ -42,7 +42,6 @@ class PrepareBaseModelConfig:
 
 @dataclass(frozen=True)
 class AugmentationConfig:
-    views: int
     flip: bool
     rotation: float
     zoom: float
@@ -50,10 +49,23 @@ class AugmentationConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    root_dir: Path
+    data_dir: Path
+    base_model_dir: Path
+    seed: int
+    batch_size: int
+    views: int  # per training image: view 0 as is, the rest augmented
+    augmentation: AugmentationConfig
+    precision: str  # auto | float32 | mixed_bfloat16
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     root_dir: Path
     data_dir: Path
     base_model_dir: Path
+    features_dir: Path
     seed: int
     batch_size: int
     epochs: int
@@ -81,7 +93,6 @@ class EvaluationConfig:
     bootstrap_resamples: int
     shortcut_margin: float
     seed: int
-    precision: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,14 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    log_file: Path  # one JSON line per prediction, shared by all workers
+    window: int  # recent records compared with the training reference
+    drift_alert_psi: float  # above this a statistic is reported as drifted
+    max_log_bytes: int  # the log is rotated (one old file kept) beyond this
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     model_dir: Path  # local artifacts: model.keras, model_metadata.json, class_indices.json
     registration_file: Path  # the register stage's record of the version, if it ran
@@ -116,5 +135,6 @@ class ServingConfig:
     dicom_window_width: float
     precision: str  # auto | float32 | mixed_bfloat16
     max_batch: int  # most images one /predict request may carry
+    monitoring: MonitoringConfig
     use_registry: bool  # True when MLFLOW_TRACKING_URI is set: serve models:/<name>@<alias>
     tracking: TrackingConfig

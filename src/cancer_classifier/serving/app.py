@@ -26,6 +26,7 @@ from cancer_classifier.serving import metrics
 from cancer_classifier.serving.errors import ServiceUnavailable, register_error_handlers
 from cancer_classifier.serving.inputs import Window
 from cancer_classifier.serving.logs import configure_json_logging
+from cancer_classifier.serving.monitoring import DriftMonitor
 from cancer_classifier.serving.predictor import ModelUnavailable, Predictor
 from cancer_classifier.utils.logging import logger
 
@@ -120,9 +121,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=config.max_upload_bytes if config else 10 * 1024 * 1024,
         MODEL_RETRY_SECONDS=30.0,
+        MAX_BATCH=config.max_batch if config else 16,
     )
     app.config.update(test_config)
     app.extensions["serving_config"] = config
+    app.extensions["monitor"] = DriftMonitor(config.monitoring) if config else None
     app.extensions["dicom_window"] = (
         Window(config.dicom_window_center, config.dicom_window_width) if config else Window(-600.0, 1500.0)
     )

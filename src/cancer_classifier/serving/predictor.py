@@ -129,7 +129,9 @@ def load_ood_reference(path: Path, source: str) -> OODReference | None:
     if not path.is_file():
         logger.warning(
             "%s has no %s (a model trained before the out-of-distribution check): predictions will carry "
-            '"in_distribution": null; retrain with `dvc repro` to enable the check', source, REFERENCE_FILE,
+            '"in_distribution": null; retrain with `dvc repro` to enable the check',
+            source,
+            REFERENCE_FILE,
         )
         return None
     try:
@@ -158,9 +160,7 @@ def limit_size(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
 
 
 class Predictor:
-    def __init__(
-        self, model, info: ModelInfo, ood: OODReference | None = None, card: ModelCard | None = None
-    ) -> None:
+    def __init__(self, model, info: ModelInfo, ood: OODReference | None = None, card: ModelCard | None = None) -> None:
         self.model = model
         self.info = info
         self._gradcam: GradCam | None = None
@@ -190,7 +190,9 @@ class Predictor:
         if int(features.shape[-1]) != int(np.shape(ood.mean)[-1]):
             logger.warning(
                 "the out-of-distribution reference has %d features but the model's %r layer %d: the check is off",
-                np.shape(ood.mean)[-1], FEATURE_LAYER, features.shape[-1],
+                np.shape(ood.mean)[-1],
+                FEATURE_LAYER,
+                features.shape[-1],
             )
             return None, None
         return keras.Model(model.input, [features, model.output], name="features_and_probabilities"), ood
@@ -220,7 +222,10 @@ class Predictor:
         predictor.load_seconds = time.perf_counter() - started
         logger.info(
             "serving %s version %s from %s, loaded in %.1f s",
-            predictor.info.name, predictor.info.version, predictor.info.source, predictor.load_seconds,
+            predictor.info.name,
+            predictor.info.version,
+            predictor.info.source,
+            predictor.load_seconds,
         )
         return predictor
 
@@ -389,5 +394,7 @@ class Predictor:
     def predict_many(self, images: list[np.ndarray]) -> list[dict]:
         """One result per image, as ``predict`` gives, from a single forward pass over all of them."""
         harmonised = np.stack([self.harmonise.one(limit_size(image).astype("float32")) for image in images])
-        features, probabilities = (keras.ops.convert_to_numpy(out) for out in self.batch_scorer(harmonised, training=False))
+        features, probabilities = (
+            keras.ops.convert_to_numpy(out) for out in self.batch_scorer(harmonised, training=False)
+        )
         return [self.result(p, f if self.scorer is not None else None) for p, f in zip(probabilities, features)]

@@ -6,10 +6,18 @@ import binascii
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 
 from cancer_classifier.serving import metrics
-from cancer_classifier.serving.errors import SUPPORTED_TYPES, BadRequest, ServiceUnavailable, UnsupportedMediaType
+from cancer_classifier.serving.errors import (
+    SUPPORTED_TYPES,
+    ApiError,
+    BadRequest,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from cancer_classifier.serving.inputs import to_rgb
+from cancer_classifier.serving.monitoring import drift_plot
 from cancer_classifier.serving.predictor import ModelCardUnavailable
 from cancer_classifier.serving.tabular import task_models
+from cancer_classifier.utils.images import image_statistics
 
 pages = Blueprint("pages", __name__)
 api = Blueprint("api", __name__)
@@ -99,17 +107,36 @@ def model_card_markdown():
 @api.get("/metrics")
 def prometheus_metrics():
     body, content_type = metrics.exposition()
+    monitor, predictor = current_app.extensions["monitor"], _holder().predictor
+    if monitor is not None:  # drift of recent traffic, computed from the workers' shared prediction log
+        body += monitor.exposition(predictor.input_reference if predictor else None)
     return Response(body, content_type=content_type)
 
 
-def _upload_bytes() -> bytes:
-    """The image bytes from multipart field ``file`` or JSON ``{"image": "<base64>"}``."""
+@pages.get("/monitoring")
+def monitoring():
+    """Recent predictions against the training data: drift per input statistic and the class mix."""
+    monitor, predictor = current_app.extensions["monitor"], _holder().predictor
+    if monitor is None:
+        raise ServiceUnavailable("monitoring is not configured for this app")
+    summary = monitor.summary(predictor.input_reference if predictor else None)
+    if request.args.get("format") == "json":
+        return jsonify(summary)
+    return render_template("monitoring.html", summary=summary, model=predictor.info if predictor else None,
+                           plot=drift_plot(summary))
+
+
+def _upload_bytes() -> list[bytes]:
+    """The image bytes from multipart field(s) ``file`` or JSON ``{"image": "<base64>"}``."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        upload = request.files.get("file")
-        if upload is None:
+        uploads = request.files.getlist("file")
+        if not uploads:
             raise BadRequest("multipart upload without a 'file' field: send the image as field 'file'")
-        return upload.read()
+        limit = current_app.config["MAX_BATCH"]
+        if len(uploads) > limit:
+            raise BadRequest(f"{len(uploads)} files in one request; at most {limit} (serving.max_batch)")
+        return [upload.read() for upload in uploads]
     if mimetype == "application/json":
         charset = request.mimetype_params.get("charset", "utf-8").lower()
         if charset not in ("utf-8", "utf8"):
@@ -125,7 +152,7 @@ def _upload_bytes() -> bytes:
         if encoded.startswith("data:") and "," in encoded:  # a data URL straight from a browser
             encoded = encoded.split(",", 1)[1]
         try:
-            return base64.b64decode("".join(encoded.split()), validate=True)
+            return [base64.b64decode("".join(encoded.split()), validate=True)]
         except (binascii.Error, ValueError):
             raise BadRequest('"image" is not valid base64') from None
     raise UnsupportedMediaType(
@@ -138,16 +165,16 @@ def _upload_bytes() -> bytes:
 def predict():
     predictor = _holder().require()
     explain = request.args.get("explain", "").lower() in TRUE
-    data = _upload_bytes()
-    image, kind = to_rgb(data, current_app.extensions["dicom_window"])
-    del data
+    uploads = _upload_bytes()
+    if len(uploads) > 1:
+        return _predict_many(predictor, uploads)
+    image, kind = to_rgb(uploads.pop(), current_app.extensions["dicom_window"])
     g.input_kind = kind
     result = predictor.predict(image, explain=explain)
     g.label = result["label"]
     g.in_distribution = result["in_distribution"]
-    metrics.PREDICTIONS.labels(result["label"]).inc()
-    if result["in_distribution"] is False:
-        metrics.OOD_PREDICTIONS.inc()
+    _count(result)
+    _record(predictor, [result], [image])
     body = {
         "label": result["label"],
         "probabilities": result["probabilities"],
@@ -161,3 +188,36 @@ def predict():
     if explain:
         body["gradcam_png"] = base64.b64encode(result["gradcam_png"]).decode("ascii")
     return jsonify(body)
+
+
+def _record(predictor, results: list[dict], images: list) -> None:
+    """One monitoring record per prediction: statistics of the input, never the input."""
+    monitor = current_app.extensions["monitor"]
+    if monitor is None:
+        return
+    for result, image in zip(results, images):
+        monitor.record(predictor.info.version, result, image_statistics(image))
+
+
+def _count(result: dict) -> None:
+    metrics.PREDICTIONS.labels(result["label"]).inc()
+    if result["in_distribution"] is False:
+        metrics.OOD_PREDICTIONS.inc()
+
+
+def _predict_many(predictor, uploads: list[bytes]) -> Response:
+    """Several files in one multipart request: one forward pass, one result per file, in order."""
+    window = current_app.extensions["dicom_window"]
+    images = []
+    for index, data in enumerate(uploads):
+        try:
+            images.append(to_rgb(data, window)[0])
+        except ApiError as error:  # say which file: the others were fine
+            error.message = f"file {index + 1} of {len(uploads)}: {error.message}"
+            raise
+    results = predictor.predict_many(images)
+    for result in results:
+        _count(result)
+    _record(predictor, results, images)
+    g.label = [result["label"] for result in results]
+    return jsonify(predictions=results, model=predictor.info.public(), intended_use=predictor.info.intended_use)
