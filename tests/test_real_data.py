@@ -27,7 +27,7 @@ def real_params(**data) -> dict:
         "data": data,
         "base_model": {"weights": str(shared_path("models/vgg16_notop.weights.h5")), "image_size": 224,
                        "pooling": "avg", "dense_units": 64},
-        "features": {"views": 2},
+        "features": {"views": 1},
         "training": {"epochs": 60, "early_stopping_patience": 8},
         "evaluation": {"bootstrap_resamples": 1000},
     }

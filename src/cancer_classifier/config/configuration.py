@@ -423,7 +423,7 @@ class ConfigurationManager:
             evaluation_dir=self._dir("evaluation"),
             scores_path=self._path(self.config["evaluation"]["scores_file"]),
             promotion_metric=self.params["evaluation"]["promotion_metric"],
-            params=_flatten(self.params),
+            params=_flatten({group: values for group, values in self.params.items() if group != "tabular"}),
             tracking=self.tracking(),
         )
 

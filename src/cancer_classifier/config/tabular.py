@@ -6,11 +6,7 @@ Built by ``ConfigurationManager.tabular()``; every error names the file, the key
 
 import dataclasses
 import os
-import re
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from cancer_classifier.config.configuration import (
     NUMBER,
@@ -84,33 +80,13 @@ TASK_PARAMS_SCHEMA: dict[str, Any] = {
 }
 NUMERIC_COLUMN_KEYS = {"type", "min", "max", "unit"}
 CATEGORY_COLUMN_KEYS = {"type", "categories"}
-BOOL = "tag:yaml.org,2002:bool"
-
-
-class Yaml12Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true and false. `dvc exp run -S` rewrites params.yaml without quotes,
-    and category values such as No, Yes, On must stay strings, not turn into YAML 1.1 booleans."""
-
-
-Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != BOOL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-Yaml12Loader.add_implicit_resolver(BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-def tabular_section(path: Path) -> dict:
-    """The ``tabular`` section of a config or params file, read with YAML 1.2 booleans."""
-    return yaml.load(Path(path).read_text(), Loader=Yaml12Loader)["tabular"]
-
-
 class TabularConfiguration:
     """The tabular tasks of one ConfigurationManager: checked on construction, entities on demand."""
 
     def __init__(self, manager: ConfigurationManager) -> None:
         self.manager = manager
-        self.config = tabular_section(manager.config_path)
-        self.params = tabular_section(manager.params_path)
+        self.config = manager.config["tabular"]
+        self.params = manager.params["tabular"]
         self.config_file, self.params_file = manager.config_path, manager.params_path
         schema = {"root_dir": str, "scores_dir": str, "max_rows": int, "tasks": dict}
         _check_schema(self.config, schema, self.config_file, "tabular.")

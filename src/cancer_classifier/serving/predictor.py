@@ -141,6 +141,20 @@ def load_ood_reference(path: Path, source: str) -> OODReference | None:
         return None
 
 
+def registration_record(path: Path, model_path: Path, default_name: str) -> tuple[str, str, bool | None]:
+    """Name, version and promotion from a register stage's record, if it describes this very model file."""
+    if not path.is_file():
+        return default_name, "unregistered", None
+    try:
+        record = load_json(path)
+        if path.stat().st_mtime < model_path.stat().st_mtime:  # retrained since it was registered
+            return record["registered_model"], "unregistered", None
+        return record["registered_model"], str(record["version"]), record.get("promoted")
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("ignoring unreadable registration record %s", path)
+        return default_name, "unregistered", None
+
+
 def load_input_reference(path: Path) -> dict | None:
     """The training images' statistics (training stage), or None (logged): drift is then not computed."""
     try:
@@ -245,7 +259,7 @@ class Predictor:
         except Exception:
             logger.exception("loading the model from %s failed", config.model_dir)
             raise ModelUnavailable(f"the model could not be loaded (see the server log): {RUN_PIPELINE_HINT}") from None
-        name, version, promoted = cls._registration(
+        name, version, promoted = registration_record(
             config.registration_file, model_path, config.tracking.registered_model
         )
         info = ModelInfo(
@@ -261,20 +275,6 @@ class Predictor:
         predictor = cls(model, info, ood, ModelCard(config.model_card_file))
         predictor.input_reference = load_input_reference(config.model_dir / INPUT_REFERENCE_FILE)
         return predictor
-
-    @staticmethod
-    def _registration(path: Path, model_path: Path, default_name: str) -> tuple[str, str, bool | None]:
-        """Name and version from the register stage's record, if it describes this very model file."""
-        if not path.is_file():
-            return default_name, "unregistered", None
-        try:
-            record = load_json(path)
-            if path.stat().st_mtime < model_path.stat().st_mtime:  # retrained since it was registered
-                return record["registered_model"], "unregistered", None
-            return record["registered_model"], str(record["version"]), record.get("promoted")
-        except (OSError, ValueError, KeyError, TypeError):
-            logger.warning("ignoring unreadable registration record %s", path)
-            return default_name, "unregistered", None
 
     @classmethod
     def _from_registry(cls, config: ServingConfig) -> "Predictor":

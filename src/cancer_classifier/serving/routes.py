@@ -16,7 +16,7 @@ from cancer_classifier.serving.errors import (
 from cancer_classifier.serving.inputs import to_rgb
 from cancer_classifier.serving.monitoring import drift_plot
 from cancer_classifier.serving.predictor import ModelCardUnavailable
-from cancer_classifier.serving.tabular import task_models
+from cancer_classifier.serving.tabular import services, task_models
 from cancer_classifier.utils.images import image_statistics
 
 pages = Blueprint("pages", __name__)
@@ -40,6 +40,7 @@ def index():
         reason=holder.reason,
         max_upload_mb=current_app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024,
         retry_seconds=holder.retry_seconds,
+        tasks={name: service.config.task for name, service in services().items()},
     )
 
 

@@ -18,7 +18,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 from cancer_classifier.entity.tabular import ColumnSpec, TabularServingConfig
 from cancer_classifier.serving.app import ModelHolder
 from cancer_classifier.serving.errors import ApiError, BadRequest, UnsupportedMediaType
-from cancer_classifier.serving.predictor import RUN_PIPELINE_HINT, ModelInfo, ModelUnavailable, Predictor
+from cancer_classifier.serving.predictor import RUN_PIPELINE_HINT, ModelInfo, ModelUnavailable, registration_record
 from cancer_classifier.tabular_model import MODEL_FILE, REGISTRY_ARTIFACT, TabularModel
 from cancer_classifier.tabular_schema import table_violations, typed
 from cancer_classifier.utils.logging import logger
@@ -59,7 +59,7 @@ class TabularPredictor:
             logger.exception("loading %s failed", path)
             raise ModelUnavailable(f"the {config.task.name} model could not be loaded (see the server log)") from None
         registered = config.tracking.registered_model
-        name, version, promoted = Predictor._registration(config.registration_file, path, registered)
+        name, version, promoted = registration_record(config.registration_file, path, registered)
         return cls(model, cls._info(model, name, version, "local", promoted))
 
     @classmethod

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,11 +13,25 @@ from typing import Any
 import yaml
 from box import ConfigBox
 
+YAML_BOOL = "tag:yaml.org,2002:bool"
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true and false. `dvc exp run -S` rewrites params.yaml without quotes,
+    and values such as No, Yes, On (the colorectal task's categories) must stay strings."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != YAML_BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(YAML_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
 
 def read_yaml(path: Path) -> ConfigBox:
     """Read a YAML mapping; an empty or non-mapping file is an error naming the file."""
     try:
-        content = yaml.safe_load(Path(path).read_text())
+        content = yaml.load(Path(path).read_text(), Loader=Yaml12Loader)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except yaml.YAMLError as error:
