@@ -1,12 +1,13 @@
-"""Measure what harmonisation does to the source shortcut, on the real chest CT data.
+"""Compare settings on the real chest CT data, side by side on the same split.
 
-    python benchmarks/harmonisation.py [--shared ../shared] [--tasks two four]
+    python benchmarks/variants.py --vary base_model.harmonise=false,true                 # harmonisation
+    python benchmarks/variants.py --vary features.precision=float32,mixed_bfloat16 --tasks two
 
-For each task (adenocarcinoma vs normal; the four classes) it runs the pipeline twice on the same
-de-duplicated, seeded split, with ``base_model.harmonise`` off and on (pretrained weights from
-shared/models, 224 px, the README's settings), and prints the held-out ROC-AUC of the model next to
-the two shortcut baselines of the evaluation stage: the files' metadata, and the intensity
-statistics of what the model actually sees.
+For each task (``two``: adenocarcinoma vs normal; ``four``: the four classes) and each value of the
+varied params key, it runs the pipeline on the same de-duplicated, seeded split (pretrained weights
+from shared/models, 224 px, average pooling: the README's settings; every other param at the repo's
+defaults) and prints the held-out ROC-AUC of the model next to the evaluation stage's two shortcut
+baselines: the files' metadata, and the intensity statistics of what the model actually sees.
 """
 
 import argparse
@@ -24,22 +25,28 @@ from cancer_classifier.components.training import Training
 from cancer_classifier.config import ConfigurationManager
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared"))
+STAGES = ("data_ingestion", "prepare_base_model", "features", "training", "evaluation", "register")
 TASKS = {
     "two": ("chest-ct/train", ["adenocarcinoma", "normal"]),
     "four": ("chest-ct", ["adenocarcinoma", "large.cell.carcinoma", "normal", "squamous.cell.carcinoma"]),
 }
 
 
-def project(root: Path, source: Path, classes: list[str], weights: Path, harmonise: bool) -> ConfigurationManager:
+def project(root: Path, task: str, key: str, value: object) -> ConfigurationManager:
+    folder, classes = TASKS[task]
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    for stage in ("data_ingestion", "prepare_base_model", "features", "training", "evaluation", "register"):
+    for stage in STAGES:
         config[stage]["root_dir"] = str(root / "artifacts" / stage)
-    config["data_ingestion"]["source"] = str(source)
+    config["data_ingestion"]["source"] = str(SHARED / "data" / folder)
     config["evaluation"]["scores_file"] = str(root / "scores.json")
     config["tracking"] |= {"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_location": str(root / "mlruns")}
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["classes"] = classes
-    params["base_model"] |= {"weights": str(weights), "image_size": 224, "pooling": "avg", "harmonise": harmonise}
+    weights = str(SHARED / "models/vgg16_notop.weights.h5")
+    params["base_model"] |= {"weights": weights, "image_size": 224, "pooling": "avg"}
+    group, name = key.split(".", 1)
+    params[group][name] = value
     (root / "config").mkdir(parents=True, exist_ok=True)
     (root / "config/config.yaml").write_text(yaml.safe_dump(config))
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -61,35 +68,23 @@ def auc(block: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--shared", type=Path, default=Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared"))
-    )
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["two", "four"])
+    parser.add_argument("--vary", required=True, help="params key=value1,value2 (values read as YAML)")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["four", "two"])
     args = parser.parse_args()
+    key, values = args.vary.split("=", 1)
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # a throw-away local store per run
+    header = f"| task | {key} | test images | model ROC-AUC (95% CI) | metadata baseline | model-input baseline |"
     rows = []
     for task in args.tasks:
-        folder, classes = TASKS[task]
-        for harmonise in (False, True):
-            with tempfile.TemporaryDirectory(prefix="harmonisation-") as root:
-                manager = project(
-                    Path(root),
-                    args.shared / "data" / folder,
-                    classes,
-                    args.shared / "models/vgg16_notop.weights.h5",
-                    harmonise,
-                )
-                result = run(manager)
+        for value in (yaml.safe_load(v) for v in values.split(",")):
+            with tempfile.TemporaryDirectory(prefix="variants-") as root:
+                result = run(project(Path(root), task, key, value))
             rows.append(
-                f"| {task} classes | {'on' if harmonise else 'off'} | {result['test_images']} | "
-                f"{auc(result)} | {auc(result['baseline'])} | {auc(result['input_baseline'])} |"
+                f"| {task} classes | {value} | {result['test_images']} | {auc(result)} | "
+                f"{auc(result['baseline'])} | {auc(result['input_baseline'])} |"
             )
             print(rows[-1], flush=True)
-    print(
-        "\n| task | harmonisation | test images | model ROC-AUC (95% CI) | metadata baseline | model-input baseline |"
-    )
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    print("\n" + header + "\n|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":
