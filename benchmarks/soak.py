@@ -85,11 +85,12 @@ def ct_images(limit: int) -> list[tuple[str, bytes]]:
 
 
 def good_uploads(limit: int) -> list[Upload]:
-    return [Upload(f"ct {name}", *multipart(data, name), 200) for name, data in ct_images(limit)]
+    return [Upload(name, *multipart(data, name), 200) for name, data in ct_images(limit)]
 
 
-def bad_uploads(max_upload_bytes: int, image: bytes) -> list[Upload]:
+def bad_uploads(max_upload_bytes: int) -> list[Upload]:
     """Malformed inputs with the status the API documents for each (serving/inputs.py, errors.py)."""
+    image = default_image()  # a PNG, whatever the shared data holds
     truncated = image[: max(len(PNG_MAGIC) + 16, len(image) // 3)]
     return [
         Upload("bad: empty file", *multipart(b"", "empty.png"), 400),
@@ -451,7 +452,9 @@ class Summary:
 
 def soak(url: str, master: int | None, args: argparse.Namespace) -> Summary:
     good = good_uploads(args.images)
-    bad = bad_uploads(int(args.max_upload_mb * 1024 * 1024), ct_images(1)[0][1]) if args.bad_every else []
+    bad = bad_uploads(int(args.max_upload_mb * 1024 * 1024)) if args.bad_every else []
+    mix = f"one request in {args.bad_every}" if bad else "none"
+    print(f"uploading {len(good)} distinct images ({good[0].name}, ...); bad inputs: {mix}")
     send(f"{url}/predict", good[0].body, good[0].content_type, 60)  # warm-up, not counted
     sampler = MemorySampler(master, args.sample_seconds) if master else None
     started = time.monotonic()
