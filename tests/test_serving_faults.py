@@ -69,6 +69,11 @@ def served(trained_project, tmp_path) -> Path:
     return served_copy(trained_project, tmp_path / "served")
 
 
+def serve(project: Path, workers: int, env: dict[str, str] | None = None) -> Gunicorn:
+    """gunicorn for ``project`` (not started yet), its log kept in the project folder."""
+    return Gunicorn(project, workers, env, log=project / "gunicorn.log")
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on: bound once by us, then released."""
     with socket.socket() as sock:
@@ -84,7 +89,7 @@ def health_ok(url: str) -> bool:
 
 
 def test_a_killed_worker_is_replaced_and_only_its_request_fails(served, upload):
-    server = Gunicorn(served, workers=2)
+    server = serve(served, workers=2)
     try:
         server.start()
         before = server.wait_loaded(2, BOOT_SECONDS)
@@ -165,7 +170,7 @@ def starts(trained_project, tmp_path_factory, upload) -> dict[str, Start]:
     unreachable = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"} | BOUNDED_MLFLOW_CLIENT
     damages = {"missing": ("missing", {}), "corrupt": ("corrupt", {}), "mlflow-unreachable": (None, unreachable)}
     starts = {
-        name: Start(Gunicorn(served_copy(trained_project, tmp_path_factory.mktemp(name), damage), 1, env))
+        name: Start(serve(served_copy(trained_project, tmp_path_factory.mktemp(name), damage), 1, env))
         for name, (damage, env) in damages.items()
     }
     try:
@@ -240,7 +245,7 @@ def test_unreachable_mlflow_fails_fast_with_bounded_client_retries(starts):
     "GUNICORN_TIMEOUT",
 )
 def test_unreachable_mlflow_with_default_client_settings_answers_health_within_a_minute(served):
-    server = Gunicorn(served, workers=1, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
+    server = serve(served, workers=1, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
     try:
         server.start()
         answered = wait_until(lambda: health_ok(server.url), 60, 1)
@@ -291,7 +296,7 @@ def receive(client: socket.socket) -> bytes:
 def stall(trained_project, tmp_path_factory, upload) -> Stall:
     """One run of the scenario, shared by the tests that judge it (a gunicorn boot costs seconds)."""
     root = served_copy(trained_project, tmp_path_factory.mktemp("stall"))
-    server = Gunicorn(root, workers=2, env={"GUNICORN_TIMEOUT": str(STALL_TIMEOUT)})
+    server = serve(root, workers=2, env={"GUNICORN_TIMEOUT": str(STALL_TIMEOUT)})
     try:
         server.start()
         before = sorted(server.wait_loaded(2, BOOT_SECONDS))
