@@ -48,6 +48,10 @@ def post_fork(server, worker):
     for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(variable, threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")  # a sync worker runs one request at a time
+    # An unreachable MLflow server must fail a model load in seconds, not after the client's default
+    # 7 retries with exponential backoff (minutes): the worker answers /health and /ready meanwhile.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def on_starting(server):

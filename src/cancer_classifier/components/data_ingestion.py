@@ -6,6 +6,7 @@ removed, rejected and why).
 """
 
 import csv
+import http.client
 import tempfile
 import urllib.request
 import zipfile
@@ -71,8 +72,8 @@ def download(url: str, expected_sha256: str, target: Path) -> Path:
             )
         partial.rename(target)
         return target
-    except OSError as error:
-        raise DataSourceError(f"{url}: download failed ({error}); check the URL and the network") from None
+    except (OSError, http.client.HTTPException) as error:  # IncompleteRead: a chunked response cut short
+        raise DataSourceError(f"{url}: download failed ({error!r}); check the URL and the network") from None
     finally:
         partial.unlink(missing_ok=True)
 

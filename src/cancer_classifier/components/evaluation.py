@@ -20,7 +20,7 @@ from cancer_classifier.components.model_card import build_model_card, render_mar
 from cancer_classifier.components.shortcut_audit import shortcut_audit
 from cancer_classifier.entity import EvaluationConfig
 from cancer_classifier.modeling import after_harmonise, harmonise_layer, load_classifier
-from cancer_classifier.utils.common import atomic_directory, load_json, save_json
+from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
 PREDICT_BATCH = 16
@@ -135,6 +135,7 @@ class Evaluation:
             "baseline": baseline,
             "input_baseline": audit["model_input"],
             "harmonised": harmonise_layer(model).harmonise,
+            "model_sha256": sha256_file(config.model_dir / "model.keras"),  # register checks it scored this model
             "shortcut_warning": baseline["metrics"]["roc_auc"] >= scores["roc_auc"] - config.shortcut_margin,
         }
         card = build_model_card(

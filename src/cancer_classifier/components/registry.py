@@ -18,7 +18,7 @@ from cancer_classifier.entity import RegistryConfig
 from cancer_classifier.modeling import Harmonise, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE
 from cancer_classifier.tracking import use_experiment
-from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
+from cancer_classifier.utils.common import StageInputError, atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
 
@@ -65,6 +65,11 @@ class ModelRegistry:
     def run(self) -> dict:
         config, tracking = self.config, self.config.tracking
         evaluation = load_json(config.evaluation_dir / "evaluation.json")
+        if evaluation.get("model_sha256") != sha256_file(config.model_dir / "model.keras"):
+            raise StageInputError(
+                f"{config.evaluation_dir / 'evaluation.json'} scored another model than "
+                f"{config.model_dir / 'model.keras'} (retrained since): run the evaluation stage first (dvc repro)"
+            )
         training = load_json(config.model_dir / "training_info.json")
         base = load_json(config.base_model_dir / "base_model_info.json")
         demo = evaluation["demo"]

@@ -135,6 +135,7 @@ class ServingConfig:
     dicom_window_width: float
     precision: str  # auto | float32 | mixed_bfloat16
     max_batch: int  # most images one /predict request may carry
+    read_timeout_seconds: float  # a stalled upload gets a 408 after this long
     monitoring: MonitoringConfig
     use_registry: bool  # True when MLFLOW_TRACKING_URI is set: serve models:/<name>@<alias>
     tracking: TrackingConfig

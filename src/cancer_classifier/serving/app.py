@@ -122,6 +122,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_CONTENT_LENGTH=config.max_upload_bytes if config else 10 * 1024 * 1024,
         MODEL_RETRY_SECONDS=30.0,
         MAX_BATCH=config.max_batch if config else 16,
+        READ_TIMEOUT_SECONDS=config.read_timeout_seconds if config else 20.0,
     )
     app.config.update(test_config)
     app.extensions["serving_config"] = config
@@ -154,6 +155,11 @@ def _register_request_hooks(app: Flask, access_log) -> None:
     @app.before_request
     def start_timer():
         g.start = time.perf_counter()
+        # A client that stops sending its body would hold a sync worker until gunicorn kills it;
+        # with a read timeout on the socket it gets a 408 and the worker lives on.
+        connection = request.environ.get("gunicorn.socket")
+        if connection is not None:
+            connection.settimeout(app.config["READ_TIMEOUT_SECONDS"])
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
 

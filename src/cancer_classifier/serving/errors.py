@@ -6,7 +6,7 @@ status. Anything unexpected is logged with its traceback server-side and answere
 """
 
 from flask import Flask, g, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cancer_classifier.utils.logging import logger
 
@@ -55,6 +55,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         status = error.code or 500
+        if isinstance(error, ClientDisconnected) and isinstance(error.__context__, TimeoutError):
+            status = 408  # the body stopped arriving: the socket's read timeout (app.py) fired
+            message = f"the request body did not arrive within {app.config['READ_TIMEOUT_SECONDS']:g} s"
+            g.error = message
+            response = _reply(status, message)
+            response.headers["Connection"] = "close"
+            return response
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the upload is larger than the {limit / 1024 / 1024:g} MB limit" if limit else "too large"

@@ -13,6 +13,11 @@ from typing import Any
 import yaml
 from box import ConfigBox
 
+
+class StageInputError(RuntimeError):
+    """A stage's input is missing or stale; the message says which and what to run."""
+
+
 YAML_BOOL = "tag:yaml.org,2002:bool"
 
 
