@@ -2,7 +2,8 @@
 
 Environment: PORT (default 8080), WEB_CONCURRENCY (workers, default 2), GUNICORN_TIMEOUT
 (seconds, default 120), PROMETHEUS_MULTIPROC_DIR (metrics files; a fresh temp folder by default),
-TF_NUM_INTRAOP_THREADS (threads per worker; default: the cores divided among the workers).
+TF_NUM_INTRAOP_THREADS (threads per worker; default: the cores divided among the workers),
+MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT (registry calls; default 1 retry, 10 s).
 """
 
 import os
