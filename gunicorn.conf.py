@@ -26,6 +26,7 @@ max_requests_jitter = 50 if max_requests else 0
 accesslog = None  # the app writes one JSON line per request itself
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+control_socket_disable = True  # gunicorn 26's control socket is shared by every instance of a user
 limit_request_line = 4094
 limit_request_fields = 100
 

@@ -149,12 +149,6 @@ def test_register_refuses_a_model_whose_evaluation_has_not_completed(trained_pro
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="register reads artifacts/evaluation/evaluation.json without checking that it scored the model "
-    "now in artifacts/training: after a retraining without evaluation, the new model is registered "
-    "(and may be promoted) with the previous model's test scores",
-)
 def test_register_refuses_a_model_retrained_after_its_evaluation(trained_project, tmp_path):
     stages = ("data_ingestion", "prepare_base_model", "features", "training", "evaluation")
     root = project_copy(trained_project, tmp_path, stages)
@@ -245,11 +239,7 @@ def zip_server(tmp_path):
     "cut",
     [
         "cut-length",
-        pytest.param("cut-chunked", marks=pytest.mark.xfail(
-            strict=True,
-            reason="download() catches only OSError: a chunked response cut short raises "
-            "http.client.IncompleteRead, which escapes as a traceback instead of a DataSourceError",
-        )),
+        "cut-chunked",
     ],
 )
 def test_a_download_cut_short_is_rejected_and_never_used(project, zip_server, tmp_path, monkeypatch, cut):

@@ -50,10 +50,10 @@ def upload() -> tuple[bytes, str]:
     return multipart(default_image(), "phantom.png")
 
 
-def served_copy(trained_project, root: Path, damage: str | None = None) -> Path:
+def served_copy(trained_project, root: Path, damage: str | None = None, config: dict | None = None) -> Path:
     """A project folder of its own serving the tiny trained model, its model file ``missing`` or
     ``corrupt`` if asked (the missing one is kept beside it as model.keras.kept)."""
-    write_project(root, None, SERVED_PARAMS)
+    write_project(root, config, SERVED_PARAMS)
     for stage in ("training", "evaluation", "register"):  # copy2 keeps mtimes: the registration stays valid
         shutil.copytree(trained_project.root / "artifacts" / stage, root / "artifacts" / stage)
     model = root / "artifacts/training/model.keras"
@@ -237,14 +237,7 @@ def test_unreachable_mlflow_fails_fast_with_bounded_client_retries(starts):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="with MLflow's default client retries (7, exponential backoff: about 4 minutes per call) a "
-    "worker booting against an unreachable registry makes three such calls (chest CT and two tabular "
-    "tasks) before it answers anything, /health included; later retries inside /ready block past "
-    "GUNICORN_TIMEOUT",
-)
-def test_unreachable_mlflow_with_default_client_settings_answers_health_within_a_minute(served):
+def test_unreachable_mlflow_with_the_servers_default_settings_answers_health_within_a_minute(served):
     server = serve(served, workers=1, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
     try:
         server.start()
@@ -295,7 +288,9 @@ def receive(client: socket.socket) -> bytes:
 @pytest.fixture(scope="module")
 def stall(trained_project, tmp_path_factory, upload) -> Stall:
     """One run of the scenario, shared by the tests that judge it (a gunicorn boot costs seconds)."""
-    root = served_copy(trained_project, tmp_path_factory.mktemp("stall"))
+    # The app's read timeout below gunicorn's worker timeout, as config.yaml advises.
+    config = {"serving": {"read_timeout_seconds": STALL_TIMEOUT / 2}}
+    root = served_copy(trained_project, tmp_path_factory.mktemp("stall"), config=config)
     server = serve(root, workers=2, env={"GUNICORN_TIMEOUT": str(STALL_TIMEOUT)})
     try:
         server.start()
@@ -322,12 +317,6 @@ def test_a_stalled_upload_is_cut_off_at_the_timeout_and_the_server_keeps_serving
     assert len(stall.workers_after) == 2 and stall.later == [200] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sync worker blocks reading the stalled body with no read timeout of its own: gunicorn's "
-    "WORKER TIMEOUT kills it (gunicorn's HTML 500 to the client, a new worker loading TensorFlow) "
-    "instead of the app answering 408 and the worker living on",
-)
 def test_a_stalled_upload_is_answered_408_and_the_worker_survives(stall):
     assert stall.answer.startswith(b"HTTP/1.1 408 ")
     assert stall.workers_after == stall.workers_before

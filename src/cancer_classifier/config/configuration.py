@@ -58,6 +58,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "precision": str,
         "max_batch": int,
         "read_timeout_seconds": NUMBER,
+        "model_retry_seconds": NUMBER,
         "monitoring": {"log_file": str, "window": int, "drift_alert_psi": NUMBER, "max_log_mb": NUMBER},
     },
     "tracking": {
@@ -249,8 +250,10 @@ class ConfigurationManager:
                 f"{self.config_path}: 'serving.monitoring' needs window >= 10 and a positive "
                 "drift_alert_psi and max_log_mb"
             )
-        if not serving["read_timeout_seconds"] > 0:
-            raise ConfigError(f"{self.config_path}: 'serving.read_timeout_seconds' must be positive")
+        if not serving["read_timeout_seconds"] > 0 or not serving["model_retry_seconds"] > 0:
+            raise ConfigError(
+                f"{self.config_path}: 'serving.read_timeout_seconds' and 'serving.model_retry_seconds' must be positive"
+            )
         if serving["max_batch"] < 1:
             raise ConfigError(
                 f"{self.config_path}: 'serving.max_batch' must be at least 1, got {serving['max_batch']!r}"
@@ -408,6 +411,7 @@ class ConfigurationManager:
             precision=serving["precision"],
             max_batch=serving["max_batch"],
             read_timeout_seconds=float(serving["read_timeout_seconds"]),
+            model_retry_seconds=float(serving["model_retry_seconds"]),
             monitoring=MonitoringConfig(
                 log_file=self._path(serving["monitoring"]["log_file"]),
                 window=serving["monitoring"]["window"],

@@ -136,6 +136,7 @@ class ServingConfig:
     precision: str  # auto | float32 | mixed_bfloat16
     max_batch: int  # most images one /predict request may carry
     read_timeout_seconds: float  # a stalled upload gets a 408 after this long
+    model_retry_seconds: float  # how often a missing model is looked for again
     monitoring: MonitoringConfig
     use_registry: bool  # True when MLFLOW_TRACKING_URI is set: serve models:/<name>@<alias>
     tracking: TrackingConfig

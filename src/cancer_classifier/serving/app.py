@@ -120,7 +120,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     config = test_config.pop("SERVING_CONFIG", None) or (None if predictor else _serving_config())
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=config.max_upload_bytes if config else 10 * 1024 * 1024,
-        MODEL_RETRY_SECONDS=30.0,
+        MODEL_RETRY_SECONDS=config.model_retry_seconds if config else 30.0,
         MAX_BATCH=config.max_batch if config else 16,
         READ_TIMEOUT_SECONDS=config.read_timeout_seconds if config else 20.0,
     )

@@ -74,12 +74,18 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{target.name}.*.partial"):  # from runs killed part-way
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # Two renames, so a kill at any point leaves the old output or the new one, whole: deleting
+    # the old folder in place could be cut short half-way.
+    retired = staging.with_suffix(".old")
     if target.exists():
-        shutil.rmtree(target)
+        target.rename(retired)
     staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
