@@ -88,9 +88,6 @@
     if (files && files.length) choose(files[0]);
   });
 
-  function percent(p) {
-    return (p * 100).toFixed(1) + "%";
-  }
 
   // in_distribution false: the upload is unlike the training images, so the label is shown as
   // unreliable under a warning; null: this model has no out-of-distribution check.
@@ -108,33 +105,11 @@
   function render(body) {
     renderOod(body);
     label.textContent = body.label;
-    bars.replaceChildren();
-    Object.entries(body.probabilities)
-      .sort(function (a, b) { return b[1] - a[1]; })
-      .forEach(function (entry) {
-        const row = document.createElement("li");
-        row.className = "bar-row" + (entry[0] === body.label ? " top" : "");
-        const name = document.createElement("span");
-        name.className = "bar-name";
-        name.textContent = entry[0];
-        const track = document.createElement("span");
-        track.className = "bar-track";
-        track.setAttribute("role", "meter");
-        track.setAttribute("aria-valuemin", "0");
-        track.setAttribute("aria-valuemax", "100");
-        track.setAttribute("aria-valuenow", (entry[1] * 100).toFixed(1));
-        track.setAttribute("aria-label", entry[0] + " probability");
-        const fill = document.createElement("span");
-        fill.className = "bar-fill";
-        fill.style.display = "block";
-        fill.style.width = percent(entry[1]);
-        track.appendChild(fill);
-        const value = document.createElement("span");
-        value.className = "bar-value";
-        value.textContent = percent(entry[1]);
-        row.append(name, track, value);
-        bars.appendChild(row);
-      });
+    probabilityBars.render(
+      bars,
+      Object.entries(body.probabilities).sort(function (a, b) { return b[1] - a[1]; }),
+      body.label
+    );
     if (body.gradcam_png) {
       gradcamImg.src = "data:image/png;base64," + body.gradcam_png;
       gradcam.hidden = false;

@@ -20,9 +20,7 @@
     result.hidden = true;
   }
 
-  function percent(p) {
-    return (p * 100).toFixed(1) + "%";
-  }
+  const percent = probabilityBars.percent;
 
   // The first field the browser's constraints reject, with a message naming it.
   function firstInvalid() {
@@ -46,31 +44,7 @@
     const prediction = body.predictions[0];
     label.textContent = prediction.label;
     probability.textContent = "(probability " + percent(prediction.probability) + ")";
-    bars.replaceChildren();
-    Object.entries(prediction.probabilities).forEach(function (entry) {
-      const row = document.createElement("li");
-      row.className = "bar-row" + (entry[0] === prediction.label ? " top" : "");
-      const name = document.createElement("span");
-      name.className = "bar-name";
-      name.textContent = entry[0];
-      const track = document.createElement("span");
-      track.className = "bar-track";
-      track.setAttribute("role", "meter");
-      track.setAttribute("aria-valuemin", "0");
-      track.setAttribute("aria-valuemax", "100");
-      track.setAttribute("aria-valuenow", (entry[1] * 100).toFixed(1));
-      track.setAttribute("aria-label", entry[0] + " probability");
-      const fill = document.createElement("span");
-      fill.className = "bar-fill";
-      fill.style.display = "block";
-      fill.style.width = percent(entry[1]);
-      track.appendChild(fill);
-      const value = document.createElement("span");
-      value.className = "bar-value";
-      value.textContent = percent(entry[1]);
-      row.append(name, track, value);
-      bars.appendChild(row);
-    });
+    probabilityBars.render(bars, Object.entries(prediction.probabilities), prediction.label);
     answeredBy.textContent = body.model.name + " version " + body.model.version + " (" + body.kind + ")";
     errorBox.hidden = true;
     result.hidden = false;
