@@ -1,6 +1,7 @@
 """Stages 3-5 on the tiny synthetic project: held-out evaluation, outputs, MLflow registry and gate."""
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -72,15 +73,17 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     assert np.allclose(np.asarray(served), local, atol=1e-6)
 
 
-def test_promotion_gate_keeps_the_champion_unless_beaten(trained_project):
+def test_promotion_gate_keeps_the_champion_unless_beaten(trained_project, tmp_path):
+    # Its own output folder: the session's registration.json (what serving and baking read) stays as it was.
+    config = dataclasses.replace(trained_project.registry(), root_dir=tmp_path / "register")
     tracking = trained_project.tracking()
     use_experiment(tracking)
     client = MlflowClient()
     before = client.get_model_version_by_alias(tracking.registered_model, tracking.alias).version
-    decision = ModelRegistry(trained_project.registry()).run()  # same model, same score: not better
+    decision = ModelRegistry(config).run()  # same model, same score: not better
     assert decision["promoted"] is False and "does not beat" in decision["reason"]
     assert str(client.get_model_version_by_alias(tracking.registered_model, tracking.alias).version) == str(before)
-    registry = ModelRegistry(trained_project.registry())
+    registry = ModelRegistry(config)
     newest = max(int(v.version) for v in client.search_model_versions(f"name='{tracking.registered_model}'"))
     assert registry.promote(client, str(newest), score=2.0)["promoted"] is True
     assert str(client.get_model_version_by_alias(tracking.registered_model, tracking.alias).version) == str(newest)
