@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cancer_classifier.modeling import feature_extractor, load_classifier
+from cancer_classifier.modeling import PRECISIONS, load_classifier
+from cancer_classifier.scoring import Scorer
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.images import decode_image
 
@@ -22,8 +23,14 @@ def image(trained_project) -> np.ndarray:
     return decode_image(path.read_bytes())
 
 
-def test_heatmap_is_scaled_0_1_at_the_last_conv_resolution(model, image):
-    heatmap, probabilities = GradCam(model)(image)
+@pytest.fixture(scope="module", params=PRECISIONS)
+def scorer(request, model) -> Scorer:
+    """Both precisions on every CPU: bfloat16 is emulated where it is not native."""
+    return Scorer(model, request.param)
+
+
+def test_heatmap_is_scaled_0_1_at_the_last_conv_resolution(model, scorer, image):
+    heatmap, probabilities = GradCam(scorer)(image)
     size = model.get_layer("harmonise").image_size
     assert heatmap.shape == (size // 16, size // 16)  # block5_conv3 sits after four 2x poolings
     assert heatmap.dtype == np.float32
@@ -31,23 +38,17 @@ def test_heatmap_is_scaled_0_1_at_the_last_conv_resolution(model, image):
     assert heatmap.max() in (0, pytest.approx(1))
 
 
-def test_split_model_gives_the_models_own_probabilities(model, image):
-    """Running the model in two parts around block5_conv3 must not change its output."""
-    _, probabilities = GradCam(model)(image)
-    expected = model.predict(image[None].astype("float32"), verbose=0)[0]
-    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
-
-
-def test_explain_also_returns_the_pooled_features_of_the_same_pass(model, image):
-    heatmap, probabilities, features, view = GradCam(model).explain(image)
+def test_split_model_gives_the_served_probabilities_and_features(model, scorer, image):
+    """Running the scorer's layers in two parts around block5_conv3 must not change what is served."""
+    heatmap, probabilities, features, view = GradCam(scorer).explain(image)
     assert view.shape == (model.get_layer("harmonise").image_size,) * 2 + (3,) and view.dtype == np.uint8
-    expected = feature_extractor(model).predict(image[None].astype("float32"), verbose=0)[0]
-    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(probabilities, GradCam(model)(image)[1], atol=1e-6)
+    expected_features, expected = scorer.score_images([image])
+    np.testing.assert_allclose(probabilities, expected[0], atol=1e-5)
+    np.testing.assert_allclose(features, expected_features[0], rtol=1e-4, atol=1e-4)
 
 
 def test_each_class_gets_its_own_heatmap(model, image):
-    cam = GradCam(model)
+    cam = GradCam(Scorer(model))
     first, _ = cam(image, class_index=0)
     second, _ = cam(image, class_index=1)
     assert first.shape == second.shape

@@ -103,27 +103,39 @@ def vgg16_base(image_size: int, weights: str) -> keras.Model:
     )
 
 
+def build_head(kind: str, n_classes: int, dense_units: int, dropout: float) -> keras.Sequential:
+    """The classifier on pooled features, always float32: ``logistic`` (standardise, softmax) or ``mlp``
+    (standardise, dropout, one hidden ReLU layer, dropout, softmax)."""
+    hidden = [layers.Dropout(dropout), layers.Dense(dense_units, activation="relu"), layers.Dropout(dropout)]
+    return keras.Sequential(
+        [
+            keras.Input((VGG16_FEATURES,)),
+            layers.Normalization(name="feature_norm", dtype="float32"),  # adapted to the training features
+            *(hidden if kind == "mlp" else []),
+            layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities"),
+        ],
+        name="head",
+    )
+
+
+def with_head(model: keras.Model, head: keras.Model) -> keras.Model:
+    """The classifier with another head: the same harmonisation, preprocessing, base and pooling layers."""
+    inputs = keras.Input((None, None, 3), name="image")
+    x = model.get_layer("vgg16_preprocess")(model.get_layer("harmonise")(inputs))
+    features = model.get_layer("pooling")(model.get_layer("vgg16")(x, training=False))
+    return keras.Model(inputs, head(features), name=model.name)
+
+
 def build_classifier(
     image_size: int, n_classes: int, weights: str, pooling: str, dense_units: int, dropout: float, harmonise: bool
 ) -> keras.Model:
     base = vgg16_base(image_size, weights)
     base.trainable = False
     pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
-    head = keras.Sequential(
-        [
-            keras.Input((VGG16_FEATURES,)),
-            layers.Normalization(name="feature_norm"),  # adapted to the training features
-            layers.Dropout(dropout),
-            layers.Dense(dense_units, activation="relu"),
-            layers.Dropout(dropout),
-            layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities"),
-        ],
-        name="head",
-    )
     inputs = keras.Input((None, None, 3), name="image")
     x = Harmonise(image_size, harmonise, name="harmonise")(inputs)
     x = base(vgg16_preprocess()(x), training=False)  # BatchNorm-free VGG16; inference mode keeps fine-tuning safe
-    outputs = head(pool(name="pooling")(x))
+    outputs = build_head("mlp", n_classes, dense_units, dropout)(pool(name="pooling")(x))
     return keras.Model(inputs, outputs, name="vgg16_classifier")
 
 
@@ -131,28 +143,8 @@ def harmonise_layer(model: keras.Model) -> Harmonise:
     return model.get_layer("harmonise")
 
 
-def feature_extractor(model: keras.Model) -> keras.Model:
-    """Raw pixels -> pooled VGG16 features: the part of the model that stays frozen."""
-    return keras.Model(model.input, model.get_layer("pooling").output, name="feature_extractor")
-
-
-def after_harmonise(model: keras.Model, outputs: str = "probabilities") -> keras.Model:
-    """The model from harmonised images on, giving "probabilities", "features" (pooled) or "both".
-
-    Batches of differently sized images are harmonised one by one (``dataset.image_batches``) and
-    then fed here: the same operations, in the same order, as the whole model applies to one image.
-    """
-    inputs = keras.Input((None, None, 3), name="harmonised")
-    x = model.get_layer("vgg16")(model.get_layer("vgg16_preprocess")(inputs), training=False)
-    features = model.get_layer("pooling")(x)
-    probabilities = model.get_layer("head")(features)
-    chosen = {"features": features, "probabilities": probabilities, "both": [features, probabilities]}[outputs]
-    return keras.Model(inputs, chosen, name=f"{model.name}_after_harmonise")
-
-
-def unfreeze_last_blocks(model: keras.Model, blocks: int) -> None:
-    """Make the last ``blocks`` VGG16 conv blocks trainable and keep every other base layer frozen."""
-    base = model.get_layer("vgg16")
+def unfreeze_last_blocks(base: keras.Model, blocks: int) -> None:
+    """Make the last ``blocks`` conv blocks of a VGG16 base trainable and keep its other layers frozen."""
     base.trainable = True
     trainable = tuple(f"block{i}_" for i in range(6 - blocks, 6))
     for layer in base.layers:
@@ -168,6 +160,9 @@ def load_classifier(path: Path) -> keras.Model:
 def intended_use(demo: bool) -> str:
     """The notice every model carries: in its metadata, its MLflow tags, the app and the API."""
     return ("DEMO model trained on synthetic phantoms, not on patient images. " if demo else "") + NOT_FOR_CLINICAL_USE
+
+
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def native_bfloat16() -> bool:
@@ -186,20 +181,21 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if native_bfloat16() else "float32"
 
 
-def in_precision(model: keras.Model, precision: str) -> keras.Model:
-    """The same model, with the same weights, computing in ``precision``.
+def base_in_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The model's VGG16 base, with the same weights, computing in ``precision``.
 
-    Harmonisation and the final probabilities stay float32, so outputs and metrics are float32.
+    Only the convolutional base may run in bfloat16: standardising features or computing
+    probabilities in bfloat16 loses too much (a bfloat16 head cost a third of the accuracy).
     """
-    if resolve_precision(precision) == "float32":
-        return model
+    base = model.get_layer("vgg16")
+    if precision == "float32":
+        return base
 
     def clone(layer: layers.Layer) -> layers.Layer:
-        config = layer.get_config()
-        if layer.name not in ("harmonise", "probabilities"):
-            config["dtype"] = "mixed_bfloat16"
-        return layer.__class__.from_config(config)
+        if isinstance(layer, layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        return layer.__class__.from_config({**layer.get_config(), "dtype": precision})
 
-    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    copy.set_weights(model.get_weights())
+    copy = keras.models.clone_model(base, clone_function=clone)
+    copy.set_weights(base.get_weights())
     return copy

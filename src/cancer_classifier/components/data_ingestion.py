@@ -2,7 +2,8 @@
 
 Outputs (one folder, replaced atomically): ``images/<sha256>.png`` (decoded, RGB), ``manifest.csv``
 (file, sha256, class, split, group, source path) and ``data_report.json`` (what was kept,
-removed, rejected and why).
+removed, rejected and why). An optional external test set is ingested beside them as the split
+``external``, without any image that is an exact or near copy of an ingested one.
 """
 
 import csv
@@ -23,9 +24,11 @@ from cancer_classifier.components.synthetic import write_phantoms
 from cancer_classifier.entity import DataIngestionConfig
 from cancer_classifier.utils.common import atomic_directory, save_json, sha256_bytes, sha256_file
 from cancer_classifier.utils.images import ImageDecodeError, decode_image, image_statistics
+from cancer_classifier.utils.limits import limit_size
 from cancer_classifier.utils.logging import logger
 
 SPLITS = ("train", "val", "test")
+EXTERNAL = "external"
 # Per-image file statistics (manifest columns): no anatomy, only cues to where an image came from.
 METADATA_FIELDS = ("width", "height", "file_bytes", "colour", "mean", "std")
 MANIFEST_FIELDS = ("file", "sha256", "label", "split", "group", "source_path", *METADATA_FIELDS)
@@ -94,19 +97,23 @@ def extract_zip(archive: Path, expected_sha256: str | None, target: Path) -> Pat
 
 def materialize_source(config: DataIngestionConfig, workdir: Path) -> Path:
     """Return a local folder of class subfolders for whichever kind of source is configured."""
-    source = config.source
     if config.is_synthetic:
         folder = workdir / "synthetic"
         write_phantoms(
             folder, config.classes, config.synthetic.images_per_class, config.synthetic.image_size, config.seed
         )
         return folder
+    return materialize(config.source, config.source_sha256, workdir)
+
+
+def materialize(source: str, sha256: str | None, workdir: Path) -> Path:
+    """A local folder of class subfolders from a folder, a zip or an https URL to a zip."""
     if source.startswith(("http://", "https://")):
-        archive = download(source, config.source_sha256 or "", workdir / "source.zip")
+        archive = download(source, sha256 or "", workdir / "source.zip")
         return extract_zip(archive, None, workdir / "extracted")
     path = Path(source)
     if path.is_file():
-        return extract_zip(path, config.source_sha256, workdir / "extracted")
+        return extract_zip(path, sha256, workdir / "extracted")
     if path.is_dir():
         return path
     raise DataSourceError(f"data source {source!r} does not exist")
@@ -145,7 +152,7 @@ def read_images(files: list[tuple[Path, str]], root: Path) -> tuple[list[ImageRe
         relative = str(path.relative_to(root))
         data = path.read_bytes()
         try:
-            pixels = decode_image(data)
+            pixels = limit_size(decode_image(data))
         except ImageDecodeError as error:
             rejected.append({"file": relative, "label": label, "reason": str(error)})
             continue
@@ -188,6 +195,13 @@ def near_duplicate_groups(records: list[ImageRecord], max_distance: int) -> list
         for j in np.flatnonzero(distances <= max_distance) + i + 1:
             parent[root(int(j))] = root(i)
     return [root(i) for i in range(len(records))]
+
+
+def copies_of_known(records: list[ImageRecord], known: list[ImageRecord], max_distance: int) -> list[bool]:
+    """For each record: is it an exact copy (pixel hash) or a near copy (perceptual hash) of a known image?"""
+    hashes = {r.sha256 for r in known}
+    known_phash = np.array([r.phash for r in known])
+    return [r.sha256 in hashes or bool(((known_phash != r.phash).sum(axis=1) <= max_distance).any()) for r in records]
 
 
 def group_members(groups: list[int]) -> list[list[int]]:
@@ -241,11 +255,46 @@ class DataIngestion:
             unique, duplicates, conflicts = remove_exact_duplicates(records)
             groups = near_duplicate_groups(unique, config.near_duplicate_distance)
             splits = group_split(groups, [r.label for r in unique], config.split, config.seed)
-            self._write_images(unique, groups, splits, out)
             report = self._report(files, ignored, rejected, duplicates, conflicts, unique, groups, splits)
+            if config.external_test:
+                external, report["external"] = self._external(unique, Path(workdir) / "external")
+                unique, groups = unique + external, groups + list(range(len(unique), len(unique) + len(external)))
+                splits = splits + [EXTERNAL] * len(external)
+            self._write_images(unique, groups, splits, out)
             save_json(out / "data_report.json", report)
-        logger.info("ingested %d distinct images: %s", len(unique), report["counts"])
+        logger.info("ingested %d distinct images: %s", report["images_kept"], report["counts"])
         return report
+
+    def _external(self, ingested: list[ImageRecord], workdir: Path) -> tuple[list[ImageRecord], dict]:
+        """The external test set's distinct images that are no exact or near copy of an ingested one."""
+        config = self.config
+        workdir.mkdir()
+        folder = materialize(config.external_test, config.external_test_sha256, workdir)
+        files, ignored = scan(folder, config.classes, config.folder_separator)
+        records, rejected = read_images(files, folder)
+        unique, duplicates, conflicts = remove_exact_duplicates(records)
+        copies = copies_of_known(unique, ingested, config.near_duplicate_distance)
+        kept = [r for r, copy in zip(unique, copies) if not copy]
+        counts = {c: sum(r.label == c for r in kept) for c in config.classes}
+        logger.info(
+            "external test: %d files, %d distinct, %d copies of ingested images removed, %d kept: %s",
+            len(files),
+            len(unique),
+            sum(copies),
+            len(kept),
+            counts,
+        )
+        return kept, {
+            "source": config.external_test,
+            "files_scanned": len(files),
+            "rejected": rejected,
+            "exact_duplicates_removed": sum(len(d["removed"]) for d in duplicates),
+            "conflicting_labels": conflicts,
+            "copies_of_ingested_removed": [r.source_path for r, copy in zip(unique, copies) if copy],
+            "images_kept": len(kept),
+            "counts": counts,
+            "ignored_folders": ignored,
+        }
 
     @staticmethod
     def _write_images(records: list[ImageRecord], groups: list[int], splits: list[str], out: Path) -> None:

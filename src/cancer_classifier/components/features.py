@@ -13,13 +13,8 @@ import numpy as np
 
 from cancer_classifier.components.dataset import image_batches, split_files
 from cancer_classifier.entity import AugmentationConfig, FeaturesConfig
-from cancer_classifier.modeling import (
-    after_harmonise,
-    harmonise_layer,
-    in_precision,
-    load_classifier,
-    resolve_precision,
-)
+from cancer_classifier.modeling import load_classifier, resolve_precision
+from cancer_classifier.scoring import Scorer
 from cancer_classifier.utils.common import atomic_directory, save_json
 from cancer_classifier.utils.logging import logger
 
@@ -41,16 +36,14 @@ def augmenter(config: AugmentationConfig, seed: int) -> keras.Sequential:
 
 
 def extract_features(
-    model: keras.Model, paths: list[str], batch_size: int, views: int = 1, augment: keras.Sequential | None = None
+    scorer: Scorer, paths: list[str], batch_size: int, views: int = 1, augment: keras.Sequential | None = None
 ) -> np.ndarray:
     """Pooled base features of every image: view 0 as is, then ``views - 1`` augmented views, stacked."""
-    extractor = after_harmonise(model, "features")
-    batches = image_batches(paths, harmonise_layer(model), batch_size)
+    batches = image_batches(paths, scorer.harmonise, batch_size)
     stacked = []
     for view in range(views):
         images = batches if view == 0 else batches.map(lambda x: augment(x, training=True))
-        logger.info("VGG16 features, view %d of %d (%d images)", view + 1, views, len(paths))
-        stacked.append(extractor.predict(images, verbose=1).astype(np.float32))
+        stacked.append(scorer.score_batches(images, len(paths), f"VGG16 features, view {view + 1} of {views}")[0])
     return np.concatenate(stacked)
 
 
@@ -70,14 +63,14 @@ class Features:
         config = self.config
         keras.utils.set_random_seed(config.seed)
         precision = resolve_precision(config.precision)
-        model = in_precision(load_classifier(config.base_model_dir / "base_model.keras"), precision)
+        scorer = Scorer(load_classifier(config.base_model_dir / "base_model.keras"), precision)
         (train, y_train), (val, y_val) = (split_files(config.data_dir, split) for split in ("train", "val"))
         started = time.perf_counter()
         augment = augmenter(config.augmentation, config.seed)
         arrays = {
-            "train": extract_features(model, train, config.batch_size, config.views, augment),
+            "train": extract_features(scorer, train, config.batch_size, config.views, augment),
             "train_labels": np.tile(y_train, config.views),
-            "val": extract_features(model, val, config.batch_size),
+            "val": extract_features(scorer, val, config.batch_size),
             "val_labels": y_val,
         }
         seconds = time.perf_counter() - started

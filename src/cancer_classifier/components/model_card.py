@@ -50,7 +50,10 @@ def build_model_card(report: dict, data: dict, base: dict, training: dict) -> di
             "metrics": report["metrics"],
             "ci95": report["ci95"],
             "per_class": report["per_class"],
+            "precision": report["precision"],
         },
+        "external_test": report["external"],
+        "serving_precision": report["serving_precision"],
         "shortcut_baseline": report["baseline"] | {"warning": report["shortcut_warning"]},
         "model_input_baseline": report["input_baseline"],
         "known_limits": known_limits(report, data),
@@ -75,41 +78,72 @@ def render_markdown(card: dict) -> str:
     weights_hash = f", sha256 {weights['sha256']}" if "sha256" in weights else ""
     preprocessing = (
         "harmonised (grayscale, intensity stretch, cropped to the body, padded square)"
-        if training["harmonised"] else "resized only (no harmonisation)"
+        if training["harmonised"]
+        else "resized only (no harmonisation)"
     )
     warning = " **Warning: close to the model.**" if baseline["warning"] else ""
-    limits = "\n".join(f"- {limit}" for limit in card["known_limits"])
-    return f"""# Model card — {card['model']}
+    serving = card["serving_precision"]
+    agreement = "\n".join(
+        f"| {split} | {a['images']} | {a['label_changes']} | {a['max_probability_difference']:.4f} | "
+        f"{a['median_probability_difference']:.4f} | {a['roc_auc_change']:+.4f} |"
+        for split, a in serving["agreement"].items()
+    )
+    external = card["external_test"]
+    external_text = (
+        f"""
+## External test ({external["images"]} images from `{external["source"]}`, de-duplicated against all ingested data)
 
-> **{card['intended_use']}**
+| metric | value | 95% bootstrap interval |
+|---|---|---|
+"""
+        + "\n".join(
+            f"| {name} | {external['metrics'][name]:.3f} | {_interval(external['ci95'][name])} |"
+            for name in HEADLINE_ORDER
+        )
+        + "\n"
+        if external
+        else ""
+    )
+    limits = "\n".join(f"- {limit}" for limit in card["known_limits"])
+    return f"""# Model card — {card["model"]}
+
+> **{card["intended_use"]}**
 
 ## Data
-Source: `{card['data']['source']}`. {card['data']['files_scanned']} files scanned,
-{card['data']['rejected_files']} rejected, {card['data']['exact_duplicates_removed']} exact duplicates removed,
-{card['data']['conflicting_label_groups_excluded']} conflicting-label group(s) excluded:
-{card['data']['images_after_deduplication']} distinct images.
-Split: {card['data']['split_method']}.
+Source: `{card["data"]["source"]}`. {card["data"]["files_scanned"]} files scanned,
+{card["data"]["rejected_files"]} rejected, {card["data"]["exact_duplicates_removed"]} exact duplicates removed,
+{card["data"]["conflicting_label_groups_excluded"]} conflicting-label group(s) excluded:
+{card["data"]["images_after_deduplication"]} distinct images.
+Split: {card["data"]["split_method"]}.
 
-| split | {' | '.join(card['classes'])} |
-|---|{'---|' * len(card['classes'])}
+| split | {" | ".join(card["classes"])} |
+|---|{"---|" * len(card["classes"])}
 {counts}
 
 ## Model and training
-Base weights: {weights['description']} (`{weights['weights']}`{weights_hash}).
-Input size {training['image_size']} px, {preprocessing}; {training['head_epochs']} head epochs on cached features
-({training['feature_views']} view(s) per image), {training['fine_tune_epochs']} fine-tuning epochs;
-seed {training['seed']}.
+Base weights: {weights["description"]} (`{weights["weights"]}`{weights_hash}).
+Input size {training["image_size"]} px, {preprocessing}; head `{training["head"]}` on cached features
+({training["feature_views"]} view(s) per image), chosen for the {training["head_selection"]};
+{training["fine_tune_epochs"]} fine-tuning epochs; seed {training["seed"]}.
 
-## Evaluation ({evaluation['split']}, {evaluation['test_images']} images, {evaluation['averaging']})
+## Evaluation ({evaluation["split"]}, {evaluation["test_images"]} images, {evaluation["averaging"]})
+Scored through the app's own path in {evaluation["precision"]}; bfloat16 below.
 
 | metric | value | 95% bootstrap interval |
 |---|---|---|
 {rows}
 
-Shortcut baseline ({baseline['model']}): ROC-AUC {baseline['metrics']['roc_auc']:.3f}
-({_interval(baseline['ci95']['roc_auc'])}).{warning}
-Model-input baseline ({inputs['model']}): ROC-AUC {inputs['metrics']['roc_auc']:.3f}
-({_interval(inputs['ci95']['roc_auc'])}): what is left of the source cues in what the model sees.
+Shortcut baseline ({baseline["model"]}): ROC-AUC {baseline["metrics"]["roc_auc"]:.3f}
+({_interval(baseline["ci95"]["roc_auc"])}).{warning}
+Model-input baseline ({inputs["model"]}): ROC-AUC {inputs["metrics"]["roc_auc"]:.3f}
+({_interval(inputs["ci95"]["roc_auc"])}): what is left of the source cues in what the model sees.
+{external_text}
+## Served precision
+Servable: {", ".join(serving["servable"])}. {serving["verdict"]}.
+
+| split | images | labels changed by bfloat16 | largest probability difference | median | ROC-AUC change |
+|---|---|---|---|---|---|
+{agreement}
 
 ## Known limits
 {limits}

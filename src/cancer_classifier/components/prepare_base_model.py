@@ -41,7 +41,12 @@ class PrepareBaseModel:
             model.save(out / "base_model.keras")
             save_json(
                 out / "base_model_info.json",
-                {"image_size": config.image_size, "harmonise": config.harmonise, **describe_weights(config.weights)},
+                {
+                    "image_size": config.image_size,
+                    "harmonise": config.harmonise,
+                    "mlp_head": {"dense_units": config.dense_units, "dropout": config.dropout},  # for training
+                    **describe_weights(config.weights),
+                },
             )
         logger.info("base model saved: %d classes, %s weights", len(classes), config.weights)
         return config.root_dir / "base_model.keras"

@@ -9,7 +9,8 @@ import sklearn
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.components.registry import git_commit, promote_if_better
+from cancer_classifier.components.metrics import headline_metrics
+from cancer_classifier.components.registry import Challenger, apply_promotion, git_commit, promotion_decision
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularRegistryConfig
 from cancer_classifier.tabular_model import MODEL_FILE, REGISTRY_FOLDER, TabularModel
@@ -49,6 +50,20 @@ class TabularRegistry:
         }
         use_experiment(tracking)
         client = MlflowClient()
+        metric = config.promotion_metric
+        test, _ = load_split(config.data_dir, "test")
+        challenger = Challenger(evaluation["metrics"][metric], False, tuple(model.classes), len(test))
+
+        def score_champion(champion) -> float:
+            """The champion's metric on this model's test rows (its own Pipeline does its own preprocessing)."""
+            pipeline = mlflow.sklearn.load_model(f"models:/{tracking.registered_model}/{champion.version}")
+            frame, y_true = load_split(config.data_dir, "test")
+            positive = model.classes.index(model.metadata["positive_class"])
+            return headline_metrics(y_true, pipeline.predict_proba(frame), positive)[metric]
+
+        decision = promotion_decision(
+            client, tracking.registered_model, tracking.alias, metric, challenger, score_champion
+        )
         with mlflow.start_run(run_name=f"{config.task.name}-evaluate-register"):
             mlflow.set_tags(tags)
             mlflow.log_params(config.params)
@@ -60,16 +75,21 @@ class TabularRegistry:
             mlflow.log_artifact(str(config.data_dir / "dataset.json"), artifact_path="data")
             mlflow.log_artifact(str(config.model_dir / MODEL_FILE), artifact_path=REGISTRY_FOLDER)
             version = self.log_model(model, tags)
-            decision = promote_if_better(
-                client, tracking.registered_model, tracking.alias, config.promotion_metric, version,
-                evaluation["metrics"][config.promotion_metric],
-            )
-            mlflow.set_tag("promotion", decision["reason"])
+            apply_promotion(client, tracking.registered_model, tracking.alias, version, decision)
+            mlflow.set_tags({"promotion": decision["reason"], "promotion_comparison": decision["comparison"]})
+        record = {
+            "registered_model": tracking.registered_model,
+            "version": version,
+            "promoted": decision["promote"],
+            "alias": tracking.alias,
+            "metric": metric,
+            "score": challenger.score,
+            **decision,
+        }
         with atomic_directory(config.root_dir) as out:
-            record = {"registered_model": tracking.registered_model, "version": version, **decision}
             save_json(out / "registration.json", record)
         logger.info("registered %s version %s: %s", tracking.registered_model, version, decision["reason"])
-        return decision
+        return record
 
     def log_model(self, model: TabularModel, tags: dict[str, str]) -> str:
         example = load_split(self.config.data_dir, "test")[0][[c.name for c in model.columns]].head(2)

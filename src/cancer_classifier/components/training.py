@@ -1,7 +1,8 @@
-"""Stage 4: train the head on the cached frozen-base features, then optionally fine-tune end to end.
+"""Stage 4: choose and train the head on the cached frozen-base features, then optionally fine-tune.
 
-The features stage paid the VGG16 passes once; the head trains on its arrays in seconds. Fine-tuning
-(unfrozen last blocks) starts from the best head and runs end to end on images, as it must.
+The features stage paid the VGG16 passes once; the head candidates are cross-validated on its arrays
+in seconds (``components/heads.py``). Fine-tuning (unfrozen last blocks) starts from the chosen head
+and runs end to end on images, as it must, through the scoring path in the configured precision.
 """
 
 import time
@@ -14,39 +15,14 @@ import tensorflow as tf
 
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files, split_rows
 from cancer_classifier.components.features import augmenter, extract_features, load_features
+from cancer_classifier.components.heads import HeadTrainer, class_weights, select_head
 from cancer_classifier.entity import TrainingConfig
-from cancer_classifier.modeling import (
-    after_harmonise,
-    harmonise_layer,
-    in_precision,
-    intended_use,
-    load_classifier,
-    resolve_precision,
-    unfreeze_last_blocks,
-)
+from cancer_classifier.modeling import intended_use, load_classifier, resolve_precision, unfreeze_last_blocks, with_head
 from cancer_classifier.ood import REFERENCE_FILE, fit_reference
+from cancer_classifier.scoring import Scorer
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced weights: each class contributes equally to the loss."""
-    counts = np.bincount(labels, minlength=n_classes)
-    return {c: float(len(labels) / (n_classes * counts[c])) for c in range(n_classes) if counts[c]}
-
-
-def fit_normalization(layer: keras.layers.Normalization, features: np.ndarray) -> None:
-    """Standardise each feature with training-set statistics.
-
-    A feature that is (nearly) constant in training, such as a ReLU unit that never fired, keeps a
-    typical scale instead of being divided by ~0, which would turn any unseen value into a huge logit.
-    """
-    mean, variance = features.mean(axis=0), features.var(axis=0)
-    typical = float(np.median(variance[variance > 0])) if (variance > 0).any() else 1.0
-    variance = np.where(variance < 1e-2 * typical, typical, variance)
-    layer.set_weights([mean, variance, np.array(len(features), dtype=layer.weights[2].dtype)])
-    layer.finalize_state()  # the layer computes with tensors derived from these weights
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -85,7 +61,7 @@ def input_reference(data_dir: Path, classes: list[str]) -> dict:
 class Training:
     def __init__(self, config: TrainingConfig) -> None:
         self.config = config
-        self.image_size = load_json(config.base_model_dir / "base_model_info.json")["image_size"]
+        self.base_info = load_json(config.base_model_dir / "base_model_info.json")
         self.precision = resolve_precision(config.precision)
 
     def early_stopping(self) -> keras.callbacks.EarlyStopping:
@@ -93,42 +69,21 @@ class Training:
             monitor="val_loss", patience=self.config.early_stopping_patience, restore_best_weights=True
         )
 
-    def train_head(self, head: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                   y_val: np.ndarray, n_classes: int) -> dict:
-        config = self.config
-        fit_normalization(head.get_layer("feature_norm"), x_train)
-        head.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        history = head.fit(
-            x_train, y_train,
-            validation_data=(x_val, y_val),
-            batch_size=config.batch_size,
-            epochs=config.epochs,
-            class_weight=class_weights(y_train, n_classes) if config.class_weights else None,
-            callbacks=[self.early_stopping(), MlflowEpochLogger("head_")],
-            verbose=2,
-        )
-        return history.history
-
     def fine_tune(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
-        """Train the last conv blocks and the head end to end, in the configured precision."""
+        """Train the last conv blocks and the head end to end, through the scoring path in its precision."""
         config = self.config
-        tuned = in_precision(model, self.precision)
-        unfreeze_last_blocks(tuned, config.fine_tune_blocks)
-        end_to_end = after_harmonise(tuned)
+        scorer = Scorer(model, self.precision)
+        unfreeze_last_blocks(scorer.base, config.fine_tune_blocks)
+        end_to_end = keras.Model(scorer.network.input, scorer.network.outputs[1])
         end_to_end.compile(  # compiled after changing trainable, at a very low rate
             optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
         augment = augmenter(config.augmentation, config.seed)
-        harmonise = harmonise_layer(model)
 
         def labelled(paths: list[str], labels: np.ndarray) -> tf.data.Dataset:
-            images = image_batches(paths, harmonise, config.batch_size).unbatch()
+            images = image_batches(paths, scorer.harmonise, config.batch_size).unbatch()
             return tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels))
 
         train_ds = (
@@ -141,8 +96,22 @@ class Training:
             class_weight=class_weights(train[1], n_classes) if config.class_weights else None,
             callbacks=[self.early_stopping(), MlflowEpochLogger("fine_tune_")], verbose=2,
         )
-        model.set_weights(tuned.get_weights())  # mixed precision keeps float32 variables: same layout
+        model.get_layer("vgg16").set_weights(scorer.base.get_weights())  # a bfloat16 copy keeps float32 weights
         return history.history
+
+    def choose_head(self, model: keras.Model, cached: dict, classes: list[str]) -> tuple[keras.Model, dict]:
+        """Cross-validate the head candidates on train + val features; the model with the refitted winner."""
+        config = self.config
+        groups = [np.array([row["group"] for row in split_rows(config.data_dir, s)]) for s in ("train", "val")]
+        views = len(cached["train"]) // max(len(groups[0]), 1)
+        x = np.concatenate([cached["train"], cached["val"]])
+        y = np.concatenate([cached["train_labels"], cached["val_labels"]])
+        # an image's augmented views share its group, so no fold holds out a view of a training image
+        groups = np.concatenate([np.tile(groups[0], views), groups[1]])
+        mlp = self.base_info["mlp_head"]
+        trainer = HeadTrainer(config, len(classes), mlp["dense_units"], mlp["dropout"])
+        head, report = select_head(trainer, x, y, groups, config.cv_folds, config.seed)
+        return with_head(model, head), report
 
     def run(self) -> Path:
         config = self.config
@@ -156,16 +125,20 @@ class Training:
         started = time.perf_counter()
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.set_tags({"stage": "training", "demo": str(info["demo"]).lower()})
-            x_train, x_val = cached["train"], cached["val"]
-            history = {"head": self.train_head(
-                model.get_layer("head"), x_train, cached["train_labels"], x_val, cached["val_labels"], len(classes)
-            )}
+            model, selection = self.choose_head(model, cached, classes)
+            mlflow.set_tags({"head": selection["chosen"], "head_reason": selection["reason"]})
+            mlflow.log_metrics({
+                f"cv_roc_auc_{name.replace(' ', '_').replace('=', '')}": result["cv_roc_auc"]
+                for name, result in selection["candidates"].items()
+            })
+            history = {"head_selection": selection}
+            x_train, x_val = cached["train"][: len(train[0])], cached["val"]
             if config.fine_tune_blocks:
                 history["fine_tune"] = self.fine_tune(model, train, val, len(classes))
                 # fine-tuning moved the features: the reference must describe the final model's
-                final = in_precision(model, self.precision)
+                final = Scorer(model, self.precision)
                 x_train, x_val = (extract_features(final, paths, config.batch_size) for paths in (train[0], val[0]))
-            ood = fit_reference(x_train[: len(train[0])], x_val, config.ood_components, config.ood_quantile)
+            ood = fit_reference(x_train, x_val, config.ood_components, config.ood_quantile)
         seconds = time.perf_counter() - started
         with atomic_directory(config.root_dir) as out:
             model.save(out / "model.keras")
@@ -174,9 +147,10 @@ class Training:
             save_json(out / "class_indices.json", {name: i for i, name in enumerate(classes)})
             save_json(out / "model_metadata.json", {
                 "classes": classes,
-                "image_size": self.image_size,
+                "image_size": self.base_info["image_size"],
                 "demo": info["demo"],
                 "data_source": info["source"],
+                "head": selection["chosen"],
                 "intended_use": intended_use(info["demo"]),
             })
             save_json(out / "history.json", history)
@@ -187,7 +161,8 @@ class Training:
                 "val_images": len(val[0]),
                 "feature_views": load_json(config.features_dir / "features_info.json")["views"],
                 "precision": self.precision,
-                "head_epochs": len(history["head"]["loss"]),
+                "head": selection["chosen"],
+                "head_selection": selection["reason"],
                 "fine_tune_epochs": len(history.get("fine_tune", {}).get("loss", [])),
                 "train_seconds": round(seconds, 1),
             })

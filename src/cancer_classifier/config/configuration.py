@@ -32,6 +32,7 @@ PARAMS_FILE_PATH = Path("params.yaml")
 VGG16_MIN_IMAGE_SIZE = 32
 VGG16_CONV_BLOCKS = 5
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+HEADS = ("logistic", "mlp")  # modeling.build_head's kinds
 PROMOTION_METRICS = ("roc_auc", "accuracy", "f1", "sensitivity", "specificity", "jaccard")
 
 NUMBER = (int, float)
@@ -43,6 +44,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "source": str,
         "source_sha256": OPTIONAL_STR,
         "folder_separator": str,
+        "external_test": OPTIONAL_STR,
+        "external_test_sha256": OPTIONAL_STR,
     },
     "prepare_base_model": {"root_dir": str},
     "features": {"root_dir": str},
@@ -103,11 +106,18 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "learning_rate": NUMBER,
         "early_stopping_patience": int,
         "class_weights": bool,
+        "head": {"candidates": list, "logistic_c": list, "cv_folds": int},
         "ood_components": int,
         "ood_quantile": NUMBER,
         "fine_tune": {"blocks": int, "epochs": int, "learning_rate": NUMBER},
     },
-    "evaluation": {"promotion_metric": str, "bootstrap_resamples": int, "shortcut_margin": NUMBER, "seed": int},
+    "evaluation": {
+        "promotion_metric": str,
+        "bootstrap_resamples": int,
+        "shortcut_margin": NUMBER,
+        "seed": int,
+        "bfloat16_tolerance": {"label_changes": int, "roc_auc": NUMBER},
+    },
     "tabular": dict,  # the tabular tasks: checked by config/tabular.py
 }
 
@@ -180,7 +190,7 @@ class ConfigurationManager:
 
     def _check_values(self) -> None:
         data, base, train = self.params["data"], self.params["base_model"], self.params["training"]
-        features = self.params["features"]
+        features, tolerance = self.params["features"], self.params["evaluation"]["bfloat16_tolerance"]
         classes = data["classes"]
         if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
             self._fail_param("data.classes", "a list of at least two distinct class names", classes)
@@ -202,6 +212,9 @@ class ConfigurationManager:
             ("features.views", features["views"], 1),
             ("training.ood_components", train["ood_components"], 1),
             ("training.fine_tune.epochs", train["fine_tune"]["epochs"], 1),
+            ("training.head.cv_folds", train["head"]["cv_folds"], 2),
+            ("evaluation.bfloat16_tolerance.label_changes", tolerance["label_changes"], 0),
+            ("evaluation.bfloat16_tolerance.roc_auc", tolerance["roc_auc"], 0),
             ("evaluation.bootstrap_resamples", self.params["evaluation"]["bootstrap_resamples"], 100),
         ]:
             if value < low:
@@ -214,6 +227,13 @@ class ConfigurationManager:
             self._fail_param("base_model.dropout", "in [0, 1)", base["dropout"])
         if features["precision"] not in PRECISIONS:
             self._fail_param("features.precision", f"one of {PRECISIONS}", features["precision"])
+        head = train["head"]
+        names, strengths = head["candidates"], head["logistic_c"]
+        if not names or not set(names) <= set(HEADS) or len(set(names)) < len(names):
+            self._fail_param("training.head.candidates", f"a list of distinct names from {HEADS}", names)
+        positive = all(isinstance(c, NUMBER) and not isinstance(c, bool) and c > 0 for c in strengths)
+        if "logistic" in names and not (strengths and positive):
+            self._fail_param("training.head.logistic_c", "a list of positive numbers", strengths)
         if base["pooling"] not in ("avg", "max"):
             self._fail_param("base_model.pooling", "'avg' or 'max'", base["pooling"])
         for key, value in [
@@ -237,7 +257,9 @@ class ConfigurationManager:
             self._fail_param(
                 "base_model.weights", "'imagenet', 'none' or the path of an existing weights file", weights
             )
-        self._check_source()
+        self._check_source("source")
+        if self.config["data_ingestion"]["external_test"] is not None:
+            self._check_source("external_test")
         self.tabular()  # the tabular tasks' sections are checked with everything else
         serving = self.config["serving"]
         if serving["precision"] not in PRECISIONS:
@@ -263,25 +285,26 @@ class ConfigurationManager:
                 f"{self.config_path}: 'serving.max_upload_mb' and 'serving.dicom_window.width' must be positive"
             )
 
-    def _check_source(self) -> None:
+    def _check_source(self, key: str) -> None:
+        """``data_ingestion.source`` or ``.external_test``: synthetic (source only), a path or a URL with its hash."""
         ingestion = self.config["data_ingestion"]
-        source, sha256 = ingestion["source"], ingestion["source_sha256"]
-        where = f"{self.config_path}: 'data_ingestion.source'"
+        source, sha_key = ingestion[key], f"{key}_sha256"
+        sha256 = ingestion[sha_key]
+        where = f"{self.config_path}: 'data_ingestion.{key}'"
         if source.startswith(("http://", "https://")):
             if not sha256:
                 raise ConfigError(
-                    f"{self.config_path}: 'data_ingestion.source_sha256' is required for a URL source, "
+                    f"{self.config_path}: 'data_ingestion.{sha_key}' is required for a URL, "
                     "so a changed or corrupt download is never used"
                 )
-        elif source != "synthetic" and not self._path(source).exists():
+        elif not (source == "synthetic" and key == "source") and not self._path(source).exists():
             raise ConfigError(
-                f"{where} is {source!r}, which does not exist; expected 'synthetic', a folder of class "
+                f"{where} is {source!r}, which does not exist; expected "
+                f"{chr(39) + 'synthetic' + chr(39) + ', ' if key == 'source' else ''}a folder of class "
                 "subfolders, a .zip of such folders or an http(s) URL"
             )
         if sha256 is not None and (len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256.lower())):
-            raise ConfigError(
-                f"{self.config_path}: 'data_ingestion.source_sha256' must be 64 hex digits, got {sha256!r}"
-            )
+            raise ConfigError(f"{self.config_path}: 'data_ingestion.{sha_key}' must be 64 hex digits, got {sha256!r}")
 
     # -- entities --------------------------------------------------------------------------
 
@@ -294,13 +317,12 @@ class ConfigurationManager:
 
     def data_ingestion(self) -> DataIngestionConfig:
         ingestion, data = self.config["data_ingestion"], self.params["data"]
-        source = ingestion["source"]
-        if source != "synthetic" and not source.startswith(("http://", "https://")):
-            source = str(self._path(source))
         return DataIngestionConfig(
             root_dir=self._dir("data_ingestion"),
-            source=source,
+            source=self._source(ingestion["source"]),
             source_sha256=ingestion["source_sha256"],
+            external_test=self._source(ingestion["external_test"]),
+            external_test_sha256=ingestion["external_test_sha256"],
             folder_separator=ingestion["folder_separator"],
             classes=tuple(data["classes"]),
             split={k: float(v) for k, v in data["split"].items()},
@@ -308,6 +330,12 @@ class ConfigurationManager:
             near_duplicate_distance=data["near_duplicate_distance"],
             synthetic=SyntheticConfig(**data["synthetic"]),
         )
+
+    def _source(self, source: str | None) -> str | None:
+        """A local source as an absolute path; synthetic, URLs and None as they are."""
+        if source is None or source == "synthetic" or source.startswith(("http://", "https://")):
+            return source
+        return str(self._path(source))
 
     def prepare_base_model(self) -> PrepareBaseModelConfig:
         base = self.params["base_model"]
@@ -359,6 +387,9 @@ class ConfigurationManager:
             learning_rate=float(train["learning_rate"]),
             early_stopping_patience=train["early_stopping_patience"],
             class_weights=train["class_weights"],
+            head_candidates=tuple(train["head"]["candidates"]),
+            logistic_c=tuple(float(c) for c in train["head"]["logistic_c"]),
+            cv_folds=train["head"]["cv_folds"],
             augmentation=self._augmentation(),
             ood_components=train["ood_components"],
             ood_quantile=float(train["ood_quantile"]),
@@ -381,6 +412,8 @@ class ConfigurationManager:
             bootstrap_resamples=evaluation["bootstrap_resamples"],
             shortcut_margin=float(evaluation["shortcut_margin"]),
             seed=evaluation["seed"],
+            bfloat16_label_changes=evaluation["bfloat16_tolerance"]["label_changes"],
+            bfloat16_roc_auc=float(evaluation["bfloat16_tolerance"]["roc_auc"]),
         )
 
     def tracking(self) -> TrackingConfig:
@@ -431,6 +464,7 @@ class ConfigurationManager:
             evaluation_dir=self._dir("evaluation"),
             scores_path=self._path(self.config["evaluation"]["scores_file"]),
             promotion_metric=self.params["evaluation"]["promotion_metric"],
+            positive_class=self.params["data"]["positive_class"],
             params=_flatten({group: values for group, values in self.params.items() if group != "tabular"}),
             tracking=self.tracking(),
         )

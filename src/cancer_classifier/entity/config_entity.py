@@ -15,6 +15,8 @@ class DataIngestionConfig:
     root_dir: Path
     source: str  # "synthetic", a folder, a .zip or an http(s) URL
     source_sha256: str | None
+    external_test: str | None  # an optional external test set: folder, zip or URL, scored on its own
+    external_test_sha256: str | None
     folder_separator: str
     classes: tuple[str, ...]
     split: dict[str, float]
@@ -72,6 +74,9 @@ class TrainingConfig:
     learning_rate: float
     early_stopping_patience: int
     class_weights: bool
+    head_candidates: tuple[str, ...]  # logistic | mlp, compared by cross-validation
+    logistic_c: tuple[float, ...]
+    cv_folds: int
     augmentation: AugmentationConfig
     ood_components: int
     ood_quantile: float
@@ -93,6 +98,8 @@ class EvaluationConfig:
     bootstrap_resamples: int
     shortcut_margin: float
     seed: int
+    bfloat16_label_changes: int  # most labels bfloat16 may change and still be served
+    bfloat16_roc_auc: float  # most ROC-AUC change bfloat16 may cause and still be served
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class RegistryConfig:
     evaluation_dir: Path
     scores_path: Path
     promotion_metric: str
+    positive_class: str  # for the champion's score on this model's test split
     params: dict[str, str]  # params.yaml flattened ("training.epochs": "60"), logged with the run
     tracking: TrackingConfig
 

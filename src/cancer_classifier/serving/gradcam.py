@@ -3,8 +3,9 @@
 The gradient of the chosen class score with respect to the last conv layer's activations
 (``block5_conv3``), averaged per channel, weights those activations into a heatmap scaled 0-1.
 VGG16 is nested inside the classifier, so instead of one sub-model to
-[conv activations, predictions] the model is run in two parts: raw pixels -> conv activations,
-then conv activations -> probabilities through the very same layers.
+[conv activations, predictions] the scorer's layers are run in two parts: raw pixels -> conv
+activations, then conv activations -> probabilities. They are the served scoring path's own layers,
+in its precision, so the probabilities and features that come with a heatmap are the served ones.
 """
 
 import io
@@ -14,21 +15,18 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from cancer_classifier.scoring import Scorer
+
 LAST_CONV_LAYER = "block5_conv3"
-BASE_LAYER = "vgg16"
-# The classifier's layers before and after the nested VGG16 (see cancer_classifier.modeling).
-LAYERS_BEFORE_BASE = ("harmonise", "vgg16_preprocess")
-LAYERS_AFTER_BASE = ("pooling", "head")
 
 
 class GradCam:
-    def __init__(self, model: keras.Model, last_conv_layer: str = LAST_CONV_LAYER) -> None:
-        base = model.get_layer(BASE_LAYER)
-        self.before = [model.get_layer(name) for name in LAYERS_BEFORE_BASE]
+    def __init__(self, scorer: Scorer, last_conv_layer: str = LAST_CONV_LAYER) -> None:
+        base = scorer.base
+        self.scorer = scorer
         self.to_conv = keras.Model(base.inputs, base.get_layer(last_conv_layer).output, name="to_last_conv")
         names = [layer.name for layer in base.layers]
         self.conv_to_features = base.layers[names.index(last_conv_layer) + 1 :]  # VGG16 is a plain chain
-        self.after = [model.get_layer(name) for name in LAYERS_AFTER_BASE]
 
     def __call__(self, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmap (h, w) in 0..1 at the conv layer's resolution, and the probabilities (n_classes,)."""
@@ -40,21 +38,16 @@ class GradCam:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Heatmap, probabilities, the pooled features (the ``pooling`` layer's output) of the same pass,
         and the model's view of the image (harmonised: cropped to the body, squared), which the heatmap maps onto."""
-        view = self.before[0](tf.convert_to_tensor(image[None].astype("float32")))
-        x = view
-        for layer in self.before[1:]:
-            x = layer(x)
+        view = self.scorer.harmonised(image)[None]
         with tf.GradientTape() as tape:
-            conv = self.to_conv(x, training=False)
+            # float32 for the gradient; a bfloat16 base casts it back losslessly in its next layer
+            conv = tf.cast(self.to_conv(self.scorer.preprocess(view), training=False), "float32")
             tape.watch(conv)
             y = conv
             for layer in self.conv_to_features:
                 y = layer(y, training=False)
-            features = self.after[0](y, training=False)  # "pooling"
-            y = features
-            for layer in self.after[1:]:
-                y = layer(y, training=False)
-            probabilities = y
+            features = self.scorer.pooling(y, training=False)
+            probabilities = self.scorer.head(features, training=False)
             index = int(tf.argmax(probabilities[0])) if class_index is None else class_index
             class_score = probabilities[:, index]
         grads = tape.gradient(class_score, conv)

@@ -4,30 +4,27 @@ Serving imports no training code: it needs only the saved model (which resizes a
 raw pixels itself) and its metadata, from the pipeline's artifacts or from the MLflow registry.
 Beside the model it loads the out-of-distribution reference (``ood_reference.npz``: the training
 images' statistics in the model's pooled feature space) and knows where the model card is.
+Predictions go through ``scoring.Scorer``, the path the evaluation stage scored, in a precision the
+evaluation measured as harmless for this model (float32 unless bfloat16 was).
 """
 
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import keras
 import numpy as np
-from PIL import Image
 
 from cancer_classifier.entity import ServingConfig
-from cancer_classifier.modeling import after_harmonise, in_precision, intended_use, load_classifier
+from cancer_classifier.modeling import intended_use, load_classifier, resolve_precision
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
+from cancer_classifier.scoring import Scorer
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.common import load_json
 from cancer_classifier.utils.logging import logger
 
-# Larger uploads are downscaled (antialiased) before the model, bounding memory per request;
-# the model resizes to its own input size anyway. CT slices (512 x 512) are never touched.
-MAX_SIDE = 2048
 RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register one"
-FEATURE_LAYER = "pooling"  # the pooled VGG16 features the OOD reference was fitted on
 # Artifacts the register stage logs with each version's run (see components/registry.py).
 REGISTRY_OOD_ARTIFACT = f"serving/{REFERENCE_FILE}"
 INPUT_REFERENCE_FILE = "input_reference.json"
@@ -47,9 +44,10 @@ class ModelInfo:
     classes: tuple[str, ...]
     source: str  # "local" (pipeline artifacts) or "registry" (models:/name@alias)
     promoted: bool | None = None  # whether the register stage made this version the champion
+    precision: str = "float32"  # what the base computes in: set by the Predictor
 
     def public(self) -> dict:
-        return {"name": self.name, "version": self.version, "demo": self.demo}
+        return {"name": self.name, "version": self.version, "demo": self.demo, "precision": self.precision}
 
     def as_dict(self) -> dict:
         return asdict(self) | {"classes": list(self.classes)}
@@ -164,68 +162,56 @@ def load_input_reference(path: Path) -> dict | None:
         return None
 
 
-def limit_size(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
-    height, width = image.shape[:2]
-    if max(height, width) <= max_side:
-        return image
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+def served_precision(requested: str, servable: list[str] | None, model: str) -> str:
+    """float32, or bfloat16 where it is requested (or ``auto`` on a CPU with native bfloat16) and the
+    evaluation stage measured it harmless for this very model."""
+    wanted = resolve_precision(requested)
+    if wanted == "float32" or wanted in (servable or []):
+        return wanted
+    logger.warning(
+        "%s: %s requested, but the evaluation did not find it harmless for this model (servable: %s); "
+        "serving float32",
+        model,
+        wanted,
+        servable or "not recorded",
+    )
+    return "float32"
 
 
 class Predictor:
-    def __init__(self, model, info: ModelInfo, ood: OODReference | None = None, card: ModelCard | None = None) -> None:
-        self.model = model
-        self.info = info
+    def __init__(
+        self,
+        model,
+        info: ModelInfo,
+        ood: OODReference | None = None,
+        card: ModelCard | None = None,
+        precision: str = "float32",
+    ) -> None:
+        self.scorer = Scorer(model, precision)
+        self.info = replace(info, precision=precision)
         self._gradcam: GradCam | None = None
         self.load_seconds: float | None = None
         self.card = card or ModelCard()
         self.input_reference: dict | None = None  # the training images' statistics, for drift monitoring
         self.card.classes = info.classes
-        output = int(model.output_shape[-1])
-        if output != len(info.classes):
-            raise ModelUnavailable(f"the model has {output} outputs but its metadata names {len(info.classes)} classes")
-        # One forward pass gives both the pooled features (for the OOD score) and the probabilities.
-        self.scorer, self.ood = self._build_scorer(model, ood)
-        # Several uploads in one request: harmonised one by one, then one forward pass for all.
-        self.harmonise = model.get_layer("harmonise")
-        self.batch_scorer = after_harmonise(model, "both")
-        self._warm_up()
+        if self.scorer.classes != len(info.classes):
+            raise ModelUnavailable(
+                f"the model has {self.scorer.classes} outputs but its metadata names {len(info.classes)} classes"
+            )
+        self.ood = self._checked(ood)
+        self.scorer.score_images([np.zeros((32, 32, 3), dtype=np.uint8)])  # the first call builds the graph
 
-    @staticmethod
-    def _build_scorer(model, ood: OODReference | None) -> tuple[keras.Model | None, OODReference | None]:
-        if ood is None:
-            return None, None
-        try:
-            features = model.get_layer(FEATURE_LAYER).output
-        except ValueError:
-            logger.warning("the model has no %r layer: the out-of-distribution check is off", FEATURE_LAYER)
-            return None, None
-        if int(features.shape[-1]) != int(np.shape(ood.mean)[-1]):
+    def _checked(self, ood: OODReference | None) -> OODReference | None:
+        """The OOD reference if it describes this model's pooled features, else None (logged)."""
+        features = int(self.scorer.pooling.output.shape[-1])
+        if ood is not None and int(np.shape(ood.mean)[-1]) != features:
             logger.warning(
-                "the out-of-distribution reference has %d features but the model's %r layer %d: the check is off",
+                "the out-of-distribution reference has %d features but the model %d: the check is off",
                 np.shape(ood.mean)[-1],
-                FEATURE_LAYER,
-                features.shape[-1],
+                features,
             )
-            return None, None
-        return keras.Model(model.input, [features, model.output], name="features_and_probabilities"), ood
-
-    def _warm_up(self) -> None:
-        """The first call builds the graph; with a scorer, also check it reproduces the model exactly."""
-        if self.scorer is None:
-            self.probabilities(np.zeros((32, 32, 3), dtype=np.uint8))
-            return
-        probe = np.random.default_rng(0).integers(0, 256, (48, 48, 3)).astype(np.uint8)
-        _, scored = self.features_and_probabilities(probe)
-        plain = self.probabilities(probe)
-        self.predict_many([probe])
-        if not np.allclose(scored, plain, atol=1e-5):
-            logger.error(
-                "the two-output model's probabilities differ from the model's (max %.2g): the OOD check is off",
-                float(np.max(np.abs(scored - plain))),
-            )
-            self.scorer, self.ood = None, None
+            return None
+        return ood
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -255,7 +241,7 @@ class Predictor:
         try:
             metadata = load_json(metadata_path)
             classes, demo = tuple(metadata["classes"]), bool(metadata["demo"])
-            model = in_precision(load_classifier(model_path), config.precision)
+            model = load_classifier(model_path)
         except Exception:
             logger.exception("loading the model from %s failed", config.model_dir)
             raise ModelUnavailable(f"the model could not be loaded (see the server log): {RUN_PIPELINE_HINT}") from None
@@ -272,7 +258,10 @@ class Predictor:
             promoted=promoted,
         )
         ood = load_ood_reference(config.model_dir / REFERENCE_FILE, f"the model in {config.model_dir}")
-        predictor = cls(model, info, ood, ModelCard(config.model_card_file))
+        card = ModelCard(config.model_card_file)
+        servable = card.document().get("serving_precision", {}).get("servable") if card.available else None
+        precision = served_precision(config.precision, servable, f"{name} version {version}")
+        predictor = cls(model, info, ood, card, precision)
         predictor.input_reference = load_input_reference(config.model_dir / INPUT_REFERENCE_FILE)
         return predictor
 
@@ -287,7 +276,7 @@ class Predictor:
         try:
             mlflow.set_tracking_uri(tracking.tracking_uri)
             version = MlflowClient().get_model_version_by_alias(tracking.registered_model, tracking.alias)
-            model = in_precision(mlflow.tensorflow.load_model(uri), config.precision)
+            model = mlflow.tensorflow.load_model(uri)
             metadata = mlflow.models.get_model_info(uri).metadata or {}
             classes = tuple(metadata["classes"])
         except Exception:
@@ -306,7 +295,8 @@ class Predictor:
             promoted=True,
         )
         ood, card, input_reference = cls._registry_extras(version, uri)
-        predictor = cls(model, info, ood, card)
+        precision = served_precision(config.precision, metadata.get("servable_precisions"), uri)
+        predictor = cls(model, info, ood, card, precision)
         predictor.input_reference = input_reference
         return predictor
 
@@ -347,54 +337,36 @@ class Predictor:
     @property
     def gradcam(self) -> GradCam:
         if self._gradcam is None:
-            self._gradcam = GradCam(self.model)
+            self._gradcam = GradCam(self.scorer)
         return self._gradcam
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        batch = image[None].astype("float32")  # raw 0..255 RGB; the model resizes and preprocesses
-        return keras.ops.convert_to_numpy(self.model(batch, training=False))[0]
-
-    def features_and_probabilities(self, image: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """Pooled features (None without an OOD check) and probabilities, from one forward pass."""
-        if self.scorer is None:
-            return None, self.probabilities(image)
-        features, probabilities = self.scorer(image[None].astype("float32"), training=False)
-        return keras.ops.convert_to_numpy(features)[0], keras.ops.convert_to_numpy(probabilities)[0]
-
-    def ood_check(self, features: np.ndarray | None) -> tuple[bool | None, float | None]:
+    def ood_check(self, features: np.ndarray) -> tuple[bool | None, float | None]:
         """(in distribution?, distance / threshold): > 1 means unlike the training images; None without a reference."""
-        if self.ood is None or features is None:
+        if self.ood is None:
             return None, None
         distance = float(self.ood.distances(features.astype(np.float64))[0])
         inside = distance <= self.ood.threshold  # as OODReference.in_distribution, without a second pass
         return inside, round(distance / max(self.ood.threshold, 1e-12), 3)
 
-    def result(self, probabilities: np.ndarray, features: np.ndarray | None) -> dict:
+    def result(self, probabilities: np.ndarray, features: np.ndarray) -> dict:
         in_distribution, ood_score = self.ood_check(features)
         return {
             "label": self.info.classes[int(np.argmax(probabilities))],
             "probabilities": {name: float(p) for name, p in zip(self.info.classes, probabilities, strict=True)},
             "in_distribution": in_distribution,
             "ood_score": ood_score,
+            "precision": self.scorer.precision,
         }
 
     def predict(self, image: np.ndarray, explain: bool = False) -> dict:
-        """``{"label", "probabilities": {class: p}, "in_distribution", "ood_score"}``, plus
+        """``{"label", "probabilities": {class: p}, "in_distribution", "ood_score", "precision"}``, plus
         ``"gradcam_png"`` (bytes) when explain is set."""
-        image = limit_size(image)
-        if explain:
-            heatmap, probabilities, features, view = self.gradcam.explain(image)
-        else:
-            features, probabilities = self.features_and_probabilities(image)
-        result = self.result(probabilities, features)
-        if explain:
-            result["gradcam_png"] = to_png(overlay(view, heatmap))  # on what the model saw
-        return result
+        if not explain:
+            return self.predict_many([image])[0]
+        heatmap, probabilities, features, view = self.gradcam.explain(image)
+        return self.result(probabilities, features) | {"gradcam_png": to_png(overlay(view, heatmap))}
 
     def predict_many(self, images: list[np.ndarray]) -> list[dict]:
-        """One result per image, as ``predict`` gives, from a single forward pass over all of them."""
-        harmonised = np.stack([self.harmonise.one(limit_size(image).astype("float32")) for image in images])
-        features, probabilities = (
-            keras.ops.convert_to_numpy(out) for out in self.batch_scorer(harmonised, training=False)
-        )
-        return [self.result(p, f if self.scorer is not None else None) for p, f in zip(probabilities, features)]
+        """One result per image, from a single forward pass over all of them."""
+        features, probabilities = self.scorer.score_images(images)
+        return [self.result(p, f) for p, f in zip(probabilities, features)]

@@ -1,0 +1,171 @@
+"""Choosing the head: each candidate is cross-validated on train + val (folds never split a
+near-duplicate group), the best by out-of-fold ROC-AUC is refitted on train + val, and the test
+split stays untouched for the final figures.
+
+Candidates: ``logistic`` (regularised multinomial logistic regression on standardised features,
+one per strength C; fitted by scikit-learn and written into the Keras head, so it serves like any
+head) and ``mlp`` (today's small network, early-stopped inside each fold; the refit trains for the
+median of the folds' best epoch counts).
+"""
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+
+from cancer_classifier.entity import TrainingConfig
+from cancer_classifier.modeling import build_head
+from cancer_classifier.utils.logging import logger
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str  # logistic | mlp
+    c: float | None = None  # logistic regression's inverse regularisation strength
+
+    @property
+    def name(self) -> str:
+        return f"logistic C={self.c:g}" if self.kind == "logistic" else "mlp"
+
+
+def candidates(config: TrainingConfig) -> list[Candidate]:
+    return [
+        candidate
+        for kind in config.head_candidates
+        for candidate in ([Candidate(kind, c) for c in config.logistic_c] if kind == "logistic" else [Candidate(kind)])
+    ]
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights: each class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=n_classes)
+    return {c: float(len(labels) / (n_classes * counts[c])) for c in range(n_classes) if counts[c]}
+
+
+def standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and variance of the training features.
+
+    A feature that is (nearly) constant in training, such as a ReLU unit that never fired, keeps a
+    typical scale instead of being divided by ~0, which would turn any unseen value into a huge logit.
+    """
+    mean, variance = features.mean(axis=0), features.var(axis=0)
+    typical = float(np.median(variance[variance > 0])) if (variance > 0).any() else 1.0
+    return mean, np.where(variance < 1e-2 * typical, typical, variance)
+
+
+def set_standardisation(head: keras.Model, mean: np.ndarray, variance: np.ndarray) -> None:
+    layer = head.get_layer("feature_norm")
+    layer.set_weights([mean, variance, np.array(len(mean), dtype=layer.weights[2].dtype)])
+    layer.finalize_state()  # the layer computes with tensors derived from these weights
+
+
+class HeadTrainer:
+    """Fits one candidate head on features; the settings come from the training stage's config."""
+
+    def __init__(self, config: TrainingConfig, n_classes: int, dense_units: int, dropout: float) -> None:
+        self.config, self.n_classes = config, n_classes
+        self.dense_units, self.dropout = dense_units, dropout
+
+    def fit(
+        self, candidate: Candidate, x: np.ndarray, y: np.ndarray, validation: tuple | None = None, epochs: int = 0
+    ) -> tuple[keras.Model, int]:
+        """The fitted head and, for the MLP, its epoch count (the best one when early-stopped on ``validation``)."""
+        head = build_head(candidate.kind, self.n_classes, self.dense_units, self.dropout)
+        mean, variance = standardisation(x)
+        set_standardisation(head, mean, variance)
+        if candidate.kind == "logistic":
+            self._fit_logistic(head, candidate.c, (x - mean) / np.sqrt(variance), y)
+            return head, 0
+        return head, self._fit_mlp(head, x, y, validation, epochs)
+
+    def _fit_logistic(self, head: keras.Model, c: float, standardised: np.ndarray, y: np.ndarray) -> None:
+        fitted = LogisticRegression(
+            C=c, max_iter=5000, class_weight="balanced" if self.config.class_weights else None
+        ).fit(standardised, y)
+        kernel, bias = fitted.coef_.T, fitted.intercept_
+        if self.n_classes == 2:  # one logit z for class 1: softmax([0, z]) is its sigmoid
+            kernel, bias = np.hstack([np.zeros_like(kernel), kernel]), np.array([0.0, bias[0]])
+        head.get_layer("probabilities").set_weights([kernel.astype("float32"), bias.astype("float32")])
+
+    def _fit_mlp(self, head: keras.Model, x: np.ndarray, y: np.ndarray, validation: tuple | None, epochs: int) -> int:
+        config = self.config
+        head.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+        )
+        history = head.fit(
+            x,
+            y,
+            validation_data=validation,
+            batch_size=config.batch_size,
+            epochs=config.epochs if validation else max(1, epochs),
+            class_weight=class_weights(y, self.n_classes) if config.class_weights else None,
+            callbacks=[stop] if validation else [],
+            verbose=0,
+        )
+        losses = history.history.get("val_loss")
+        return int(np.argmin(losses)) + 1 if losses else len(history.history["loss"])
+
+
+def roc_auc(y: np.ndarray, probabilities: np.ndarray) -> float:
+    """Binary: of class 1; more classes: macro one-vs-rest (as the evaluation's headline)."""
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(y, probabilities[:, 1]))
+    return float(roc_auc_score(y, probabilities, multi_class="ovr", average="macro"))
+
+
+def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """About a sixth of a fold's training rows, whole groups, for the MLP's early stopping."""
+    fit, stop = next(StratifiedGroupKFold(6, shuffle=True, random_state=seed).split(y, y, groups))
+    return fit, stop
+
+
+def select_head(
+    trainer: HeadTrainer, x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> tuple[keras.Model, dict]:
+    """Cross-validate every candidate, refit the best on all rows; the head and a report of the choice."""
+    splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups))
+    results, epochs = {}, {}
+    for candidate in candidates(trainer.config):
+        out_of_fold, best_epochs = np.zeros((len(y), trainer.n_classes)), []
+        for fit_rows, held_rows in splits:
+            validation = None
+            if candidate.kind == "mlp":
+                inner_fit, inner_stop = inner_split(y[fit_rows], groups[fit_rows], seed)
+                validation = (x[fit_rows][inner_stop], y[fit_rows][inner_stop])
+                fit_rows = fit_rows[inner_fit]
+            head, epoch = trainer.fit(candidate, x[fit_rows], y[fit_rows], validation)
+            out_of_fold[held_rows] = keras.ops.convert_to_numpy(head(x[held_rows], training=False))
+            best_epochs.append(epoch)
+        results[candidate.name] = {
+            "cv_roc_auc": roc_auc(y, out_of_fold),
+            "cv_log_loss": float(log_loss(y, out_of_fold / out_of_fold.sum(axis=1, keepdims=True),
+                                          labels=range(trainer.n_classes))),
+        }
+        epochs[candidate.name] = int(np.median(best_epochs)) if candidate.kind == "mlp" else 0
+        logger.info("head %-16s cross-validated ROC-AUC %.4f", candidate.name, results[candidate.name]["cv_roc_auc"])
+    # Highest ROC-AUC; ties go to the earlier (simpler) candidate.
+    chosen = max(candidates(trainer.config), key=lambda c: results[c.name]["cv_roc_auc"])
+    head, _ = trainer.fit(chosen, x, y, epochs=epochs[chosen.name])
+    runner_up = sorted((r["cv_roc_auc"], n) for n, r in results.items() if n != chosen.name)
+    reason = f"highest {folds}-fold cross-validated ROC-AUC on train + val ({results[chosen.name]['cv_roc_auc']:.4f}"
+    reason += f"; next {runner_up[-1][1]} {runner_up[-1][0]:.4f})" if runner_up else ")"
+    report = {
+        "chosen": chosen.name,
+        "kind": chosen.kind,
+        "reason": reason,
+        "folds": folds,
+        "rows": int(len(y)),
+        "refit": "train + val",
+        "epochs": epochs[chosen.name] or None,
+        "candidates": results,
+    }
+    logger.info("head: %s, %s", chosen.name, reason)
+    return head, report
