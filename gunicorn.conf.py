@@ -1,20 +1,37 @@
 """gunicorn settings: ``gunicorn app:app`` picks this file up from the project folder.
 
-Environment: PORT (default 8080), WEB_CONCURRENCY (workers, default 2), GUNICORN_TIMEOUT
-(seconds, default 120), PROMETHEUS_MULTIPROC_DIR (metrics files; a fresh temp folder by default),
+Environment: PORT (default 8080), WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads
+per worker, default 4), GUNICORN_HEADER_TIMEOUT (seconds a client has to send its request line and
+headers, default 10), GUNICORN_TIMEOUT (seconds, default 120),
+PROMETHEUS_MULTIPROC_DIR (metrics files; a fresh temp folder by default),
 TF_NUM_INTRAOP_THREADS (threads per worker; default: the cores divided among the workers),
 MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT (registry calls; default 1 retry, 10 s).
 """
 
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
+
+from gunicorn.http.errors import NoMoreData
+from gunicorn.workers.gthread import ThreadWorker
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"  # one request at a time per worker: the model is CPU-bound
-# VGG16 on a small CPU: loading and a Grad-CAM request take seconds, not milliseconds.
+# Threaded workers, so a client that trickles its headers or body holds one thread, not the worker:
+# the others keep answering /health, /ready and other clients. The model is CPU-bound and memory is
+# budgeted per request, so each worker still decodes and predicts one image request at a time
+# (routes.PREDICT_SLOT); the threads read uploads and answer the cheap endpoints meanwhile.
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_connections = 200  # open connections per worker, idle keep-alive ones included
+# Seconds a client has for its request line and headers, in total (HeaderDeadlineWorker below);
+# the body has serving.read_timeout_seconds per read and a deadline of its own (serving/app.py).
+header_timeout = float(os.environ.get("GUNICORN_HEADER_TIMEOUT", "10"))
+http_parser = "python"  # the header deadline wraps the pure-Python parser's socket reads
+# VGG16 on a small CPU: loading and a Grad-CAM request take seconds, not milliseconds. With threaded
+# workers this bounds a worker that stops answering the master (e.g. stuck in a C call), not a request.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 30
 keepalive = 5
@@ -29,6 +46,72 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 control_socket_disable = True  # gunicorn 26's control socket is shared by every instance of a user
 limit_request_line = 4094
 limit_request_fields = 100
+
+
+REQUEST_TIMEOUT_REPLY = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+def _header_deadline(unreader) -> None:
+    """Make the parser's socket reads respect ``unreader.header_deadline`` (monotonic seconds, or None)."""
+    if getattr(unreader, "header_deadline_armed", False) or not hasattr(unreader, "sock"):
+        return
+    read = unreader.chunk
+
+    def chunk():
+        deadline = unreader.header_deadline
+        if deadline is None:
+            return read()
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            unreader.sock.settimeout(remaining)
+            return read()
+        except (TimeoutError, socket.timeout):
+            try:  # say why, briefly, then close: the thread is free again
+                unreader.sock.settimeout(1)
+                unreader.sock.sendall(REQUEST_TIMEOUT_REPLY)
+            except OSError:
+                pass
+            raise NoMoreData(b"") from None
+
+    unreader.chunk = chunk
+    unreader.header_deadline_armed = True
+
+
+class HeaderDeadlineWorker(ThreadWorker):
+    """gunicorn's threaded worker, with a deadline for each request's line and headers.
+
+    gthread reads a request's headers in a pool thread from a blocking socket without a timeout, so a
+    client sending one byte a second would hold that thread for as long as it likes. Here the reads
+    are bounded by ``header_timeout`` in total; then the client gets a 408 and the connection closes.
+    """
+
+    def handle(self, conn):
+        def init():
+            type(conn).init(conn)  # gthread calls init() before each request it parses on conn
+            unreader = getattr(conn.parser, "unreader", None)
+            if unreader is not None and not conn.is_http2:
+                _header_deadline(unreader)
+                unreader.header_deadline = time.monotonic() + header_timeout
+
+        conn.init = init
+        return super().handle(conn)
+
+
+worker_class = HeaderDeadlineWorker
+
+
+def pre_request(worker, req):
+    """The headers are in: the deadline is over, the body's own timeouts (serving/app.py) take over."""
+    unreader = getattr(req, "unreader", None)
+    if unreader is not None and getattr(unreader, "header_deadline", None) is not None:
+        unreader.header_deadline = None
+        try:
+            unreader.sock.settimeout(None)
+        except OSError:
+            pass
+
 
 # Several workers need prometheus_client's multiprocess mode, chosen when prometheus_client is
 # first imported: set the folder here, in the master, before any worker imports the app.

@@ -22,7 +22,7 @@ from pathlib import Path
 from flask import Flask, Request, g, request
 
 from cancer_classifier.entity import ServingConfig, TabularServingConfig
-from cancer_classifier.serving import metrics
+from cancer_classifier.serving import inputs, metrics
 from cancer_classifier.serving.errors import ServiceUnavailable, register_error_handlers
 from cancer_classifier.serving.inputs import Window
 from cancer_classifier.serving.logs import configure_json_logging
@@ -39,6 +39,37 @@ class InMemoryRequest(Request):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return BytesIO()
+
+
+class DeadlineInput:
+    """``wsgi.input`` with a deadline for the whole body, on top of the per-read timeout.
+
+    A read timeout alone lets a client that sends one byte just inside it hold a thread for hours;
+    here every read waits at most the read timeout and never past the deadline, after which the
+    read raises TimeoutError (werkzeug turns it into ClientDisconnected, errors.py into a 408).
+    """
+
+    def __init__(self, stream, connection, read_timeout: float, seconds: float) -> None:
+        self.stream, self.connection, self.read_timeout = stream, connection, read_timeout
+        self.deadline = time.monotonic() + seconds
+
+    def _arm(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request body did not arrive before its deadline")
+        self.connection.settimeout(min(self.read_timeout, remaining))
+
+    def read(self, size: int = -1) -> bytes:
+        self._arm()
+        return self.stream.read(size)
+
+    def readline(self, size: int = -1) -> bytes:
+        self._arm()
+        return self.stream.readline(size)
+
+    def __iter__(self):
+        while line := self.readline():
+            yield line
 
 
 class ModelHolder:
@@ -123,6 +154,13 @@ def create_app(test_config: dict | None = None) -> Flask:
         MODEL_RETRY_SECONDS=config.model_retry_seconds if config else 30.0,
         MAX_BATCH=config.max_batch if config else 16,
         READ_TIMEOUT_SECONDS=config.read_timeout_seconds if config else 20.0,
+        # The decode budget and the body deadline (serving/inputs.py has the defaults and why).
+        MAX_IMAGE_PIXELS=inputs.MAX_IMAGE_PIXELS,
+        MAX_REQUEST_PIXELS=inputs.MAX_REQUEST_PIXELS,
+        MAX_IMAGE_DECODED_BYTES=inputs.MAX_IMAGE_DECODED_BYTES,
+        MAX_REQUEST_DECODED_BYTES=inputs.MAX_REQUEST_DECODED_BYTES,
+        BODY_DEADLINE_SECONDS=inputs.BODY_DEADLINE_SECONDS,
+        PREDICT_WAIT_SECONDS=inputs.PREDICT_WAIT_SECONDS,
     )
     app.config.update(test_config)
     app.extensions["serving_config"] = config
@@ -159,17 +197,22 @@ def _register_request_hooks(app: Flask, access_log) -> None:
         # with a read timeout on the socket it gets a 408 and the worker lives on.
         connection = request.environ.get("gunicorn.socket")
         if connection is not None:
-            connection.settimeout(app.config["READ_TIMEOUT_SECONDS"])
+            read_timeout = app.config["READ_TIMEOUT_SECONDS"]
+            connection.settimeout(read_timeout)
+            stream = request.environ.get("wsgi.input")
+            if stream is not None:  # and a deadline for the whole body (a trickle is not a stall)
+                request.environ["wsgi.input"] = DeadlineInput(
+                    stream, connection, read_timeout, app.config["BODY_DEADLINE_SECONDS"]
+                )
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
     @app.after_request
     def finish(response):
         elapsed = time.perf_counter() - g.get("start", time.perf_counter())
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        status = str(response.status_code)
-        metrics.REQUESTS.labels(endpoint, request.method, status).inc()
-        metrics.LATENCY.labels(endpoint, status).observe(elapsed)
+        endpoint = metrics.endpoint_label(request.url_rule)
+        method = metrics.method_label(request.method)
+        metrics.observe(endpoint, method, response.status_code, elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -184,7 +227,7 @@ def _register_request_hooks(app: Flask, access_log) -> None:
         predictor = app.extensions["model"].predictor
         fields = {
             "request_id": g.get("request_id"),
-            "method": request.method,
+            "method": method,
             "endpoint": endpoint,
             "status": response.status_code,
             "latency_ms": round(elapsed * 1000, 1),

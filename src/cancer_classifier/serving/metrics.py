@@ -37,6 +37,32 @@ MODEL_LOADED = Gauge(
 )
 
 
+# Label values come from fixed sets, so no request can add a time series: the methods a browser or
+# client of this API sends (anything else is "other"), the URL map's rules ("unmatched" for any
+# path that matches none), and HTTP status codes (from 100 to 599; anything else is "other").
+METHODS = ("GET", "POST", "HEAD", "OPTIONS")
+UNMATCHED = "unmatched"
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def endpoint_label(rule) -> str:
+    """The matched rule's pattern (e.g. ``/predict/<task>``), never the requested path."""
+    return rule.rule if rule is not None else UNMATCHED
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
+
+
+def observe(endpoint: str, method: str, status: int, seconds: float) -> None:
+    label = status_label(status)
+    REQUESTS.labels(endpoint, method, label).inc()
+    LATENCY.labels(endpoint, label).observe(seconds)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import threading
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 
@@ -12,8 +13,11 @@ from cancer_classifier.serving.errors import (
     BadRequest,
     ServiceUnavailable,
     UnsupportedMediaType,
+    clip,
+    json_body,
+    public_text,
 )
-from cancer_classifier.serving.inputs import to_rgb
+from cancer_classifier.serving.inputs import DecodeBudget, decode, probe
 from cancer_classifier.serving.monitoring import drift_plot
 from cancer_classifier.serving.predictor import ModelCardUnavailable
 from cancer_classifier.serving.tabular import services, task_models
@@ -23,6 +27,10 @@ pages = Blueprint("pages", __name__)
 api = Blueprint("api", __name__)
 
 TRUE = ("1", "true", "yes", "on")
+# One image request decodes and predicts at a time per worker process, as with gunicorn's sync
+# worker: the decode budget then bounds the worker's memory, while its other threads keep reading
+# uploads and answering /health, /ready and /metrics. A request waiting longer gets a 503.
+PREDICT_SLOT = threading.Lock()
 
 
 def _holder():
@@ -37,7 +45,7 @@ def index():
         "index.html",
         model=predictor.info if predictor else None,
         model_card=predictor is not None and predictor.card.available,
-        reason=holder.reason,
+        reason=public_text(holder.reason),
         max_upload_mb=current_app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024,
         retry_seconds=holder.retry_seconds,
         tasks={name: service.config.task for name, service in services().items()},
@@ -49,8 +57,12 @@ def _tasks(load: bool) -> dict[str, dict]:
     holder = _holder()
     predictor = holder.get() if load else holder.predictor
     chest_ct = {"kind": "diagnostic", "required": True, "loaded": predictor is not None}
-    chest_ct |= predictor.info.public() if predictor else {"reason": holder.reason}
-    return {"chest-ct": chest_ct, **task_models(load)}
+    chest_ct |= predictor.info.public() if predictor else {"reason": public_text(holder.reason)}
+    tasks = {"chest-ct": chest_ct, **task_models(load)}
+    for task in tasks.values():  # no server path in a public reply
+        if "reason" in task:
+            task["reason"] = public_text(task["reason"])
+    return tasks
 
 
 @api.get("/health")
@@ -67,7 +79,7 @@ def ready():
     tasks = _tasks(load=True)
     predictor = holder.predictor
     if predictor is None:
-        return jsonify(status="unavailable", reason=holder.reason, tasks=tasks), 503
+        return jsonify(status="unavailable", reason=public_text(holder.reason), tasks=tasks), 503
     waiting = [f"{name}: {task['reason']}" for name, task in tasks.items() if task["required"] and not task["loaded"]]
     if waiting:
         return jsonify(status="unavailable", reason="; ".join(waiting), tasks=tasks), 503
@@ -141,8 +153,8 @@ def _upload_bytes() -> list[bytes]:
     if mimetype == "application/json":
         charset = request.mimetype_params.get("charset", "utf-8").lower()
         if charset not in ("utf-8", "utf8"):
-            raise UnsupportedMediaType(f"JSON must be UTF-8, not {charset[:20]!r}")
-        payload = request.get_json(silent=True)
+            raise UnsupportedMediaType(f"JSON must be UTF-8, not {clip(charset, 20)}")
+        payload = json_body()
         if payload is None:
             raise BadRequest('malformed JSON: expected {"image": "<base64-encoded PNG, JPEG or DICOM>"}')
         if not isinstance(payload, dict) or set(payload) != {"image"}:
@@ -157,21 +169,63 @@ def _upload_bytes() -> list[bytes]:
         except (binascii.Error, ValueError):
             raise BadRequest('"image" is not valid base64') from None
     raise UnsupportedMediaType(
-        f"unsupported request content type {mimetype or 'none'!r}: send multipart/form-data with field 'file', "
+        f"unsupported request content type {clip(mimetype or 'none')}: send multipart/form-data with field 'file', "
         f'or application/json {{"image": "<base64>"}}, holding a {SUPPORTED_TYPES} file'
     )
+
+
+def _budget() -> DecodeBudget:
+    config = current_app.config
+    return DecodeBudget(
+        config["MAX_IMAGE_PIXELS"],
+        config["MAX_REQUEST_PIXELS"],
+        config["MAX_IMAGE_DECODED_BYTES"],
+        config["MAX_REQUEST_DECODED_BYTES"],
+    )
+
+
+def _probed(uploads: list[bytes]) -> tuple[list, DecodeBudget]:
+    """Every upload's declared size, charged to the request's budget before any is decoded."""
+    budget, probes = _budget(), []
+    for index, data in enumerate(uploads):
+        try:
+            found = probe(data, budget)
+            budget.charge(found)
+        except ApiError as error:
+            if len(uploads) > 1:  # say which file
+                error.message = f"file {index + 1} of {len(uploads)}: {error.message}"
+            raise
+        probes.append(found)
+    return probes, budget
+
+
+class _Slot:
+    """PREDICT_SLOT, waited for at most PREDICT_WAIT_SECONDS (503 after that)."""
+
+    def __enter__(self):
+        seconds = current_app.config["PREDICT_WAIT_SECONDS"]
+        if not PREDICT_SLOT.acquire(timeout=seconds):
+            raise ServiceUnavailable(f"the server is busy (no prediction slot within {seconds:g} s); retry later")
+
+    def __exit__(self, *exc):
+        PREDICT_SLOT.release()
 
 
 @api.post("/predict")
 def predict():
     predictor = _holder().require()
     explain = request.args.get("explain", "").lower() in TRUE
-    uploads = _upload_bytes()
-    if len(uploads) > 1:
-        return _predict_many(predictor, uploads)
-    image, kind = to_rgb(uploads.pop(), current_app.extensions["dicom_window"])
-    g.input_kind = kind
-    result = predictor.predict(image, explain=explain)
+    uploads = _upload_bytes()  # the body is read here, outside the prediction slot
+    probes, budget = _probed(uploads)
+    del uploads
+    with _Slot():
+        if len(probes) > 1:
+            return _predict_many(predictor, probes, budget)
+        found = probes.pop()
+        image = decode(found, current_app.extensions["dicom_window"], budget)
+        g.input_kind = found.kind
+        del found
+        result = predictor.predict(image, explain=explain)
     g.label = result["label"]
     g.in_distribution = result["in_distribution"]
     _count(result)
@@ -206,16 +260,17 @@ def _count(result: dict) -> None:
         metrics.OOD_PREDICTIONS.inc()
 
 
-def _predict_many(predictor, uploads: list[bytes]) -> Response:
+def _predict_many(predictor, probes: list, budget: DecodeBudget) -> Response:
     """Several files in one multipart request: one forward pass, one result per file, in order."""
     window = current_app.extensions["dicom_window"]
     images = []
-    for index, data in enumerate(uploads):
+    for index, found in enumerate(probes):
         try:
-            images.append(to_rgb(data, window)[0])
+            images.append(decode(found, window, budget))
         except ApiError as error:  # say which file: the others were fine
-            error.message = f"file {index + 1} of {len(uploads)}: {error.message}"
+            error.message = f"file {index + 1} of {len(probes)}: {error.message}"
             raise
+        probes[index] = None  # the upload's bytes can go once decoded
     results = predictor.predict_many(images)
     for result in results:
         _count(result)

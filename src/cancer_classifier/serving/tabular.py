@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 
 from cancer_classifier.entity.tabular import ColumnSpec, TabularServingConfig
 from cancer_classifier.serving.app import ModelHolder
-from cancer_classifier.serving.errors import ApiError, BadRequest, UnsupportedMediaType
+from cancer_classifier.serving.errors import ApiError, BadRequest, UnsupportedMediaType, clip, json_body, public_text
 from cancer_classifier.serving.predictor import RUN_PIPELINE_HINT, ModelInfo, ModelUnavailable, registration_record
 from cancer_classifier.tabular_model import MODEL_FILE, REGISTRY_ARTIFACT, TabularModel
 from cancer_classifier.tabular_schema import table_violations, typed
@@ -52,7 +52,7 @@ class TabularPredictor:
     def _from_directory(cls, config: TabularServingConfig) -> "TabularPredictor":
         path = config.model_dir / MODEL_FILE
         if not path.is_file():
-            raise ModelUnavailable(f"no {config.task.name} model yet ({path}): {RUN_PIPELINE_HINT}")
+            raise ModelUnavailable(f"no {config.task.name} model yet ({path.name}): {RUN_PIPELINE_HINT}")
         try:
             model = TabularModel.load(path)
         except Exception:
@@ -140,7 +140,7 @@ def task_models(load: bool) -> dict[str, dict]:
 def _service(task: str) -> TabularService:
     service = services().get(task)
     if service is None:
-        raise ApiError(404, f"unknown task {task!r}; tasks: {sorted(services())}")
+        raise ApiError(404, f"unknown task {clip(task)}; tasks: {sorted(services())}")
     return service
 
 
@@ -150,10 +150,10 @@ def _service(task: str) -> TabularService:
 def _payload() -> dict:
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(
-            f"unsupported request content type {request.mimetype or 'none'!r}: send application/json "
+            f"unsupported request content type {clip(request.mimetype or 'none')}: send application/json "
             '{"features": [[...]]} or {"records": [{...}]}'
         )
-    payload = request.get_json(silent=True)
+    payload = json_body()
     if not isinstance(payload, dict) or len(payload) != 1 or next(iter(payload)) not in PAYLOAD_KEYS:
         raise BadRequest('expected a JSON object with exactly one key: "features" (a list of rows of values in '
                          'column order) or "records" (a list of objects keyed by column)')
@@ -181,10 +181,22 @@ def _rows(payload: dict, columns: tuple[ColumnSpec, ...], max_rows: int) -> list
         unknown = [name for name in row if name not in names]
         if missing or unknown:
             raise BadRequest(f"row {number}: " + "; ".join(
-                [f"missing field '{name}'" for name in missing] + [f"unknown field '{name}'" for name in unknown]
+                [f"missing field '{name}'" for name in missing]
+            + [f"unknown field {clip(name)}" for name in unknown[:5]]
+            + ([f"{len(unknown) - 5} more unknown fields"] if len(unknown) > 5 else [])
             ))
         records.append(row)
     return records
+
+
+def _finite_number(value: object) -> bool:
+    """A JSON number that is finite as a float (a 400-digit integer is not: float() overflows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _check_types(records: list[dict], columns: tuple[ColumnSpec, ...]) -> None:
@@ -195,11 +207,10 @@ def _check_types(records: list[dict], columns: tuple[ColumnSpec, ...]) -> None:
             if value is None:
                 continue
             where = f"row {number}, field '{spec.name}'"
-            number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if spec.numeric and not number_ok:
-                raise BadRequest(f"{where}: expected a number, got {value!r}")
+            if spec.numeric and not _finite_number(value):
+                raise BadRequest(f"{where}: expected a number, got {clip(value)}")
             if not spec.numeric and not isinstance(value, str):
-                raise BadRequest(f"{where}: expected one of {list(spec.categories)}, got {value!r}")
+                raise BadRequest(f"{where}: expected one of {list(spec.categories)}, got {clip(value)}")
 
 
 def parse_rows(payload: dict, columns: tuple[ColumnSpec, ...], max_rows: int) -> pd.DataFrame:
@@ -226,7 +237,7 @@ def page(task: str):
         task=service.config.task,
         model=predictor.info if predictor else None,
         columns=predictor.columns if predictor else (),
-        reason=service.holder.reason,
+        reason=public_text(service.holder.reason),
         tasks={name: s.config.task for name, s in services().items()},
     )
 
