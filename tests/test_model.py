@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cancer_classifier.components.dataset import image_batches
 from cancer_classifier.modeling import (
     Harmonise,
     build_classifier,

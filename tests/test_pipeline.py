@@ -1,7 +1,6 @@
 """Stages 3-5 on the tiny synthetic project: held-out evaluation, outputs, MLflow registry and gate."""
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cancer_classifier.components.dataset import split_files
-from cancer_classifier.components.registry import ModelRegistry
 from cancer_classifier.modeling import load_classifier
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import load_json
@@ -23,8 +21,9 @@ def test_training_writes_model_mapping_history_and_demo_metadata(trained_project
     assert load_json(out / "class_indices.json") == {"adenocarcinoma": 0, "normal": 1}
     metadata = load_json(out / "model_metadata.json")
     assert metadata["demo"] is True and "not for clinical use" in metadata["intended_use"]
-    history = load_json(out / "history.json")["head"]
-    assert len(history["loss"]) >= 1 and "val_loss" in history
+    selection = load_json(out / "history.json")["head_selection"]
+    assert selection["chosen"] in selection["candidates"] and selection["refit"] == "train + val"
+    assert metadata["head"] == selection["chosen"]
     assert not list(out.parent.glob(".*partial"))
 
 
@@ -33,7 +32,10 @@ def test_evaluation_uses_only_the_held_out_test_split(trained_project):
     test_files, _ = split_files(config.data_dir, "test")
     train_files, _ = split_files(config.data_dir, "train")
     with open(config.root_dir / "predictions.csv", newline="") as file:
-        predicted = [row["file"] for row in csv.DictReader(file)]
+        rows = list(csv.DictReader(file))
+    assert {row["split"] for row in rows} == {"test"}  # the tiny project has no external test set
+    assert {row["precision"] for row in rows} == {"float32", "mixed_bfloat16"}
+    predicted = [row["file"] for row in rows if row["precision"] == "float32"]
     assert sorted(predicted) == sorted(path.rsplit("/", 1)[1] for path in test_files)
     assert not set(predicted) & {path.rsplit("/", 1)[1] for path in train_files}
     report = load_json(config.root_dir / "evaluation.json")
@@ -65,7 +67,7 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     )
     assert run.data.tags["data_manifest_sha256"] and run.data.tags["base_weights"] == "none"
     training_run = client.get_run(run.data.tags["mlflow.parentRunId"])
-    assert "head_val_loss" in training_run.data.metrics  # per-epoch metrics from training
+    assert any(name.startswith("cv_roc_auc_") for name in training_run.data.metrics)  # the head selection
     paths, _ = split_files(trained_project.evaluation().data_dir, "test")
     image = decode_image(Path(paths[0]).read_bytes())[None].astype("float32")  # raw: the model harmonises
     served = mlflow.pyfunc.load_model(f"models:/{tracking.registered_model}@{tracking.alias}").predict(image)
@@ -73,17 +75,17 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     assert np.allclose(np.asarray(served), local, atol=1e-6)
 
 
-def test_promotion_gate_keeps_the_champion_unless_beaten(trained_project, tmp_path):
-    # Its own output folder: the session's registration.json (what serving and baking read) stays as it was.
-    config = dataclasses.replace(trained_project.registry(), root_dir=tmp_path / "register")
-    tracking = trained_project.tracking()
-    use_experiment(tracking)
-    client = MlflowClient()
-    before = client.get_model_version_by_alias(tracking.registered_model, tracking.alias).version
-    decision = ModelRegistry(config).run()  # same model, same score: not better
-    assert decision["promoted"] is False and "does not beat" in decision["reason"]
-    assert str(client.get_model_version_by_alias(tracking.registered_model, tracking.alias).version) == str(before)
-    registry = ModelRegistry(config)
-    newest = max(int(v.version) for v in client.search_model_versions(f"name='{tracking.registered_model}'"))
-    assert registry.promote(client, str(newest), score=2.0)["promoted"] is True
-    assert str(client.get_model_version_by_alias(tracking.registered_model, tracking.alias).version) == str(newest)
+def test_evaluation_scores_both_precisions_and_records_which_may_be_served(trained_project):
+    report = load_json(trained_project.evaluation().root_dir / "evaluation.json")
+    serving = report["serving_precision"]
+    agreement = serving["agreement"]["test"]
+    assert report["precision"] == serving["reference"] == "float32"
+    assert agreement["images"] == report["test_images"] and 0 <= agreement["label_changes"] <= report["test_images"]
+    assert 0 <= agreement["median_probability_difference"] <= agreement["max_probability_difference"] <= 1
+    # The tiny project's tolerance admits bfloat16, so the app's bfloat16 path is exercised by the tests.
+    assert serving["servable"] == ["float32", "mixed_bfloat16"] and "may be served" in serving["verdict"]
+    scores = json.loads(trained_project.evaluation().scores_path.read_text())
+    assert scores["bfloat16"]["servable"] is True and scores["external"] is None
+    card = load_json(trained_project.evaluation().root_dir / "model_card.json")
+    assert card["serving_precision"]["servable"] == serving["servable"]
+    assert "Served precision" in (trained_project.evaluation().root_dir / "model_card.md").read_text()

@@ -1,29 +1,39 @@
 """Features and training: the feature cache, standardisation that survives dead units, balanced
-class weights, the drift reference, and fine-tuning in bfloat16."""
+class weights, head selection by cross-validation, the drift reference, and fine-tuning in bfloat16."""
 
-import keras
+import dataclasses
+
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from cancer_classifier.components.data_ingestion import DataIngestion
 from cancer_classifier.components.dataset import split_files
 from cancer_classifier.components.features import Features, load_features
+from cancer_classifier.components.heads import (
+    Candidate,
+    HeadTrainer,
+    class_weights,
+    select_head,
+    set_standardisation,
+    standardisation,
+)
 from cancer_classifier.components.prepare_base_model import PrepareBaseModel
-from cancer_classifier.components.training import Training, class_weights, fit_normalization
-from cancer_classifier.modeling import load_classifier
+from cancer_classifier.components.training import Training
+from cancer_classifier.modeling import build_head, load_classifier
 from cancer_classifier.utils.common import load_json
 
 
 def test_a_feature_constant_in_training_does_not_explode_on_new_data():
     rng = np.random.default_rng(0)
-    features = rng.normal(5, 2, (50, 4)).astype("float32")
+    features = rng.normal(5, 2, (50, 512)).astype("float32")
     features[:, 2] = 0  # a ReLU unit that never fired on the training images
-    layer = keras.layers.Normalization()
-    layer.build((None, 4))
-    fit_normalization(layer, features)
-    trained = layer(features).numpy()
+    head = build_head("logistic", 2, 8, 0.0)
+    set_standardisation(head, *standardisation(features))
+    layer = head.get_layer("feature_norm")
+    trained = layer(features).numpy()[:, :4]
     assert np.allclose(trained[:, [0, 1, 3]].mean(axis=0), 0, atol=1e-4)
     assert np.allclose(trained[:, [0, 1, 3]].std(axis=0), 1, atol=1e-2)
-    unseen = layer(np.full((1, 4), 5, dtype="float32")).numpy()
+    unseen = layer(np.full((1, 512), 5, dtype="float32")).numpy()
     assert np.abs(unseen).max() < 10  # plain adapt() divides by ~0 here and gives about 1e7
 
 
@@ -32,6 +42,42 @@ def test_class_weights_balance_the_loss():
     weights = class_weights(labels, 2)
     assert weights[0] * 30 == weights[1] * 10
     assert np.isclose(sum(weights[c] * (labels == c).sum() for c in weights), len(labels))
+
+
+def separable_features(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features in which eight dimensions per class carry the class, labels, and groups of two rows each."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    features = rng.normal(0, 1, (n, 512)).astype("float32")
+    for c in range(classes):
+        features[labels == c, 8 * c : 8 * c + 8] += 2.0
+    return features, labels, np.arange(n) // 2
+
+
+def test_the_logistic_head_serves_what_scikit_learn_fitted(trained_project):
+    config = trained_project.training()
+    for classes in (2, 3):
+        features, labels, _ = separable_features(90, classes, classes)
+        head, _ = HeadTrainer(config, classes, 8, 0.1).fit(Candidate("logistic", 0.5), features, labels)
+        mean, variance = standardisation(features)
+        reference = LogisticRegression(C=0.5, max_iter=5000, class_weight="balanced").fit(
+            (features - mean) / np.sqrt(variance), labels
+        )
+        expected = reference.predict_proba((features - mean) / np.sqrt(variance))
+        np.testing.assert_allclose(head.predict(features, verbose=0), expected, atol=1e-4)
+
+
+def test_head_selection_cross_validates_every_candidate_and_refits_the_best(trained_project):
+    config = dataclasses.replace(trained_project.training(), epochs=10)
+    features, labels, groups = separable_features(80, 2, 7)
+    trainer = HeadTrainer(config, 2, 8, 0.1)
+    head, report = select_head(trainer, features, labels, groups, folds=4, seed=0)
+    assert set(report["candidates"]) == {"logistic C=0.01", "logistic C=0.1", "logistic C=1", "mlp"}
+    best = max(report["candidates"].values(), key=lambda r: r["cv_roc_auc"])["cv_roc_auc"]
+    assert report["candidates"][report["chosen"]]["cv_roc_auc"] == best
+    assert report["rows"] == 80 and report["refit"] == "train + val" and "cross-validated" in report["reason"]
+    assert best > 0.95  # the classes are separable in the first dimensions
+    assert (head.predict(features, verbose=0).argmax(axis=1) == labels).mean() > 0.9
 
 
 def test_features_are_cached_per_view_and_the_head_trains_on_them(trained_project):
@@ -59,7 +105,11 @@ def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32
     manager = project(
         params={
             "features": {"precision": "mixed_bfloat16"},
-            "training": {"epochs": 3, "fine_tune": {"blocks": 1, "epochs": 1}},
+            "training": {
+                "epochs": 3,
+                "head": {"candidates": ["logistic"], "logistic_c": [1.0], "cv_folds": 2},
+                "fine_tune": {"blocks": 1, "epochs": 1},
+            },
         }
     )
     DataIngestion(manager.data_ingestion()).run()

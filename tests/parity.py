@@ -1,0 +1,89 @@
+"""What the app serves, over HTTP from a real gunicorn, against what the evaluation stage reported
+for the same files (``predictions.csv``): the project's promise that its numbers describe the model
+people use. Shared by the tests of the tiny model, the default demo and the real four-class model."""
+
+import csv
+import json
+import shutil
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import REPO, merge, write_project
+
+sys.path.insert(0, str(REPO / "benchmarks"))  # soak.py and load_test.py are scripts, not a package
+from load_test import multipart  # noqa: E402
+from soak import Gunicorn, get_json  # noqa: E402
+
+# The issue's parity rule: median and largest probability difference, share of equal labels.
+MEDIAN_TOLERANCE, MAX_TOLERANCE, SAME_LABEL_RATE = 0.005, 0.05, 0.97
+
+
+@dataclass(frozen=True)
+class Parity:
+    precision: str  # what the app says it served
+    images: int
+    median_difference: float
+    max_difference: float
+    same_label_rate: float
+    ood_agreement: float  # share of images with the same in-distribution flag
+
+    def holds(self) -> bool:
+        return (
+            self.median_difference <= MEDIAN_TOLERANCE
+            and self.max_difference <= MAX_TOLERANCE
+            and self.same_label_rate >= SAME_LABEL_RATE
+        )
+
+
+def serve_artifacts(trained_root: Path, root: Path, precision: str, params: dict) -> Path:
+    """A project folder serving ``trained_root``'s model with ``serving.precision`` forced."""
+    write_project(root, {"serving": {"precision": precision}}, merge(params, {"tabular": {"enabled": []}}))
+    for stage in ("training", "evaluation", "register"):  # copy2 keeps mtimes: the registration stays valid
+        if (trained_root / "artifacts" / stage).is_dir():
+            shutil.copytree(trained_root / "artifacts" / stage, root / "artifacts" / stage)
+    return root
+
+
+def evaluated(evaluation_dir: Path, split: str) -> dict[str, dict[str, dict]]:
+    """``{precision: {file: row}}`` of the evaluation's predictions for one split."""
+    rows: dict[str, dict[str, dict]] = {}
+    with open(evaluation_dir / "predictions.csv", newline="") as file:
+        for row in csv.DictReader(file):
+            if row["split"] == split:
+                rows.setdefault(row["precision"], {})[row["file"]] = row
+    return rows
+
+
+def post_file(url: str, data: bytes, name: str) -> dict:
+    body, content_type = multipart(data, name)
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:  # an error status raises: the test fails
+        return json.loads(response.read())
+
+
+def served_parity(project: Path, data_dir: Path, split: str = "test") -> Parity:
+    """Every image of ``split`` uploaded once to gunicorn serving ``project``, compared file by file."""
+    expected = evaluated(project / "artifacts/evaluation", split)
+    files = sorted(next(iter(expected.values())))
+    server = Gunicorn(project, workers=1, log=project / "gunicorn.log").start(seconds=180)
+    try:
+        status, ready = get_json(f"{server.url}/ready", timeout=120)
+        assert status == 200, ready
+        differences, same, ood, precision = [], [], [], None
+        for name in files:
+            reply = post_file(f"{server.url}/predict", (data_dir / "images" / name).read_bytes(), name)
+            precision = reply["model"]["precision"]  # what the app says it served
+            row = expected[precision][name]
+            probabilities = np.array([reply["probabilities"][c] for c in reply["probabilities"]])
+            reference = np.array([float(row[f"p_{c}"]) for c in reply["probabilities"]])
+            differences.append(np.abs(probabilities - reference).max())
+            same.append(reply["label"] == row["predicted"])
+            ood.append(str(reply["in_distribution"]) == row["in_distribution"])
+    finally:
+        server.stop()
+    return Parity(precision, len(files), float(np.median(differences)), float(np.max(differences)),
+                  float(np.mean(same)), float(np.mean(ood)))

@@ -1,0 +1,129 @@
+"""The promotion gate compares like with like, in one real MLflow registry shared by two projects:
+a demo model (synthetic phantoms) and a model trained on a folder of images ("real data" to the gate).
+
+The champion is scored on the challenger's own test split through the same scoring path; a demo never
+displaces a real-data model and never blocks one; models for other classes never compete; an error
+while reading the champion fails the stage before anything is registered.
+"""
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cancer_classifier.components.registry import Challenger, ModelRegistry, promotion_decision
+from cancer_classifier.components.synthetic import write_phantoms
+from cancer_classifier.config import ConfigurationManager
+from cancer_classifier.tracking import use_experiment
+from cancer_classifier.utils.common import load_json
+from tests.conftest import TINY_PARAMS, run_pipeline, write_project
+
+# One folder of images treated as a real-data source; the same registry for both projects.
+FOLDER_CLASSES = ("adenocarcinoma", "normal")
+
+
+def project(root: Path, registry: Path, source: str) -> ConfigurationManager:
+    """A tiny project reading ``source`` and tracking into the shared ``registry`` folder."""
+    config = {
+        "data_ingestion": {"source": source},
+        "tracking": {"tracking_uri": f"sqlite:///{registry}/mlflow.db", "artifact_location": str(registry / "mlruns")},
+    }
+    return ConfigurationManager(*write_project(root, config, TINY_PARAMS), project_root=root)
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """The demo registered first (champion), then the real-data model: their records and managers."""
+    registry = tmp_path_factory.mktemp("registry")
+    folder = tmp_path_factory.mktemp("folder-source")
+    synthetic = TINY_PARAMS["data"]["synthetic"]
+    write_phantoms(folder, FOLDER_CLASSES, synthetic["images_per_class"], synthetic["image_size"], seed=7)
+    demo = project(tmp_path_factory.mktemp("demo"), registry, "synthetic")
+    real = project(tmp_path_factory.mktemp("real"), registry, str(folder))
+    return {"demo": (demo, run_pipeline(demo)), "real": (real, run_pipeline(real))}
+
+
+def client_for(manager: ConfigurationManager) -> MlflowClient:
+    use_experiment(manager.tracking())
+    return MlflowClient()
+
+
+def champion(manager: ConfigurationManager) -> str:
+    tracking = manager.tracking()
+    return str(client_for(manager).get_model_version_by_alias(tracking.registered_model, tracking.alias).version)
+
+
+def test_a_real_data_model_replaces_a_demo_champion_whatever_their_scores(registered):
+    demo, first = registered["demo"]
+    real, second = registered["real"]
+    assert first["promoted"] is True and first["comparison"] == "none"
+    assert second["promoted"] is True and second["comparison"] == "demo against real data"
+    assert "replaces the demo" in second["reason"]
+    assert champion(real) == second["version"]
+    record = load_json(real.registry().root_dir / "registration.json")
+    assert record["champion_version"] == first["version"] and record["champion_demo"] is True
+
+
+def test_a_demo_model_never_displaces_a_real_data_champion(registered, tmp_path):
+    demo, _ = registered["demo"]
+    real, second = registered["real"]
+    again = ModelRegistry(dataclasses.replace(demo.registry(), root_dir=tmp_path / "register")).run()
+    assert again["promoted"] is False and "never displaces" in again["reason"]
+    assert champion(demo) == second["version"]
+    tags = client_for(demo).get_model_version(demo.tracking().registered_model, again["version"]).tags
+    assert tags["promotion"] == again["reason"]
+
+
+def test_the_champion_is_scored_on_the_challengers_split_and_must_be_beaten(registered, tmp_path):
+    real, second = registered["real"]
+    # The same model again: the champion scores exactly what the challenger scored on this split.
+    again = ModelRegistry(dataclasses.replace(real.registry(), root_dir=tmp_path / "register")).run()
+    assert again["promoted"] is False and "does not beat" in again["reason"]
+    assert again["champion_score"] == pytest.approx(again["score"], abs=1e-9)
+    assert "this model's test split" in again["comparison"]
+    assert champion(real) == second["version"]
+
+    tracking, registry = real.tracking(), ModelRegistry(real.registry())
+    classes = tuple(load_json(real.evaluation().root_dir / "evaluation.json")["classes"])
+
+    def decide(score: float, classes: tuple[str, ...] = classes) -> dict:
+        challenger = Challenger(score, demo=False, classes=classes, test_images=again["test_images"])
+        return promotion_decision(
+            client_for(real), tracking.registered_model, tracking.alias, "roc_auc", challenger, registry.score_champion
+        )
+
+    assert decide(again["champion_score"] - 0.01)["promote"] is False
+    assert decide(again["champion_score"] + 0.01)["promote"] is True
+
+
+def test_models_for_other_classes_never_compete(registered):
+    real, _ = registered["real"]
+    tracking = real.tracking()
+    challenger = Challenger(1.0, demo=False, classes=("a", "b", "c"), test_images=10)
+    decision = promotion_decision(
+        client_for(real), tracking.registered_model, tracking.alias, "roc_auc", challenger,
+        ModelRegistry(real.registry()).score_champion,
+    )
+    assert decision["promote"] is False and "never compete" in decision["reason"]
+    assert "tracking.registered_model" in decision["reason"]
+
+
+def test_an_error_reading_the_champion_fails_the_stage_and_registers_nothing(registered, tmp_path):
+    real, second = registered["real"]
+    tracking = real.tracking()
+    client = client_for(real)
+    before = len(client.search_model_versions(f"name='{tracking.registered_model}'"))
+    version = client.get_model_version(tracking.registered_model, second["version"])
+    artifacts = Path(client.get_logged_model(version.model_id).artifact_location.removeprefix("file://"))
+    moved = tmp_path / "moved"
+    shutil.move(artifacts, moved)  # the champion's model files are gone: it cannot be scored
+    try:
+        with pytest.raises(Exception):
+            ModelRegistry(dataclasses.replace(real.registry(), root_dir=tmp_path / "register")).run()
+    finally:
+        shutil.move(moved, artifacts)
+    assert len(client.search_model_versions(f"name='{tracking.registered_model}'")) == before
+    assert not (tmp_path / "register").exists()
+    assert champion(real) == second["version"]
