@@ -72,6 +72,10 @@ COPY --chmod=0755 deploy/docker/probe.py /usr/local/bin/probe
 # server in compose its store into /mlflow: named volumes mounted there start with this ownership.
 RUN mkdir -p /app/artifacts/monitoring /mlflow/db /mlflow/artifacts \
     && chown app:app /app /app/artifacts /app/artifacts/monitoring /mlflow/db /mlflow/artifacts
+# The two folders the app writes when its root filesystem is read-only (Kubernetes, ECS). On ECS
+# Fargate a task volume mounted at a VOLUME path starts with the image's content and ownership
+# (deploy/ecs/task-definition.json); elsewhere they are anonymous volumes, removed with the container.
+VOLUME ["/tmp", "/app/artifacts/monitoring"]
 
 USER 10001:10001
 EXPOSE 8080

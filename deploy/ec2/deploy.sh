@@ -46,13 +46,25 @@ repository=${image%:*}
 exec 9>"${LOCK_FILE:-/tmp/$app-deploy.lock}"
 flock --nonblock 9 || { log "another deploy is running"; exit 1; }
 
-# The proxy's nginx configuration: port 8080 -> the given app container.
+# The proxy's nginx configuration: port 8080 -> the given app container. nginx reads each request's
+# headers and whole body before it opens a connection to gunicorn (proxy_request_buffering on, the
+# default), within client_header_timeout / client_body_timeout: a slow client costs nginx a
+# connection, not a gunicorn thread. The container's name goes into X-Served-By only for requests
+# from inside the proxy container (the check below), never to outside clients.
 proxy_config() {
   cat <<EOF
 # Written by deploy/ec2/deploy.sh: port $public_port of the host -> $1
+map \$remote_addr \$served_by {
+    127.0.0.1 $1;
+    default "";
+}
 server {
     listen 8080;
+    server_tokens off;
     client_max_body_size 12m;  # the app's own limit is serving.max_upload_mb (10 MB)
+    client_header_timeout 10s;
+    client_body_timeout 20s;
+    send_timeout 30s;
     # Docker's DNS, asked per request: nginx starts even before the app container after a reboot.
     resolver 127.0.0.11 valid=10s ipv6=off;
     location / {
@@ -61,8 +73,9 @@ server {
         proxy_set_header Host \$host;
         proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto \$scheme;
+        proxy_request_buffering on;
         proxy_read_timeout 130s;  # gunicorn's timeout is 120 s (Grad-CAM on a slow CPU)
-        add_header X-Served-By $1 always;
+        add_header X-Served-By \$served_by always;  # an empty value sends no header
     }
 }
 EOF
@@ -93,7 +106,7 @@ new=""
 switched=false
 cleanup() {
   if [[ -n $new && $switched == false ]]; then
-    docker rm --force "$new" >/dev/null 2>&1 || true
+    docker rm --force --volumes "$new" >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
@@ -153,7 +166,7 @@ log "port $public_port now serves $new ($image)"
 for container in "${old[@]}"; do
   log "removing $container"
   docker stop --time 40 "$container" >/dev/null || true  # gunicorn finishes requests in flight (30 s)
-  docker rm --force "$container" >/dev/null || true
+  docker rm --force --volumes "$container" >/dev/null || true  # and its anonymous volumes (/tmp...)
 done
 
 # Keep the newest images of the repository (a quick way back) and the one now serving.
