@@ -216,7 +216,7 @@ BAD_UPLOADS = {
     "empty file": (lambda serving: b"", 400),
     "text named .png": (lambda serving: b"just some text, not a picture\n" * 10, 415),
     "truncated png": (lambda serving: png_of(np.full((64, 64, 3), 128, np.uint8))[:60], 400),
-    "20000x20000 png (bomb guard)": (lambda serving: png_header_only(20000, 20000), 400),
+    "20000x20000 png (bomb guard)": (lambda serving: png_header_only(20000, 20000), 413),  # over the decode budget
     "gif (unsupported type)": (lambda serving: b"GIF89a" + b"\0" * 100, 415),
     "truncated dicom": (lambda serving: dicom_bytes(np.zeros((8, 8)))[:200], 400),
     "dicom without pixels": (lambda serving: dicom_bytes(np.zeros((8, 8)), pixels=False), 400),
