@@ -396,7 +396,8 @@ def run_ours(project: Path, logs: Path) -> dict:
     features = read_json(artifacts / "features/features_info.json")
     scores_file = yaml.safe_load((project / "config/config.yaml").read_text())["evaluation"]["scores_file"]
     scores = read_json(project / scores_file)
-    head_epochs = training.get("head_epochs") or len(read_json(artifacts / "training/history.json")["head"]["loss"])
+    # The head is chosen by cross-validation now; an MLP head records its refit epochs, a logistic one none.
+    head_epochs = read_json(artifacts / "training/history.json")["head_selection"].get("epochs") or 1
     timing = head_epoch_timing(project, training.get("mlflow_run_id"))
     if timing is None:  # no per-epoch timestamps: the whole training stage per epoch, an upper bound
         timing = (measured["training"].seconds / head_epochs, 0.0)
@@ -439,14 +440,12 @@ def sample_images(data_dir: Path, count: int) -> list[np.ndarray]:
             for f in chosen]
 
 
-def in_precision(model: keras.Model, precision: str) -> keras.Model | None:
-    """The trained model computing in ``precision``, by the product's own conversion (None if it has none)."""
-    from cancer_classifier import modeling
+def in_precision(model: keras.Model, precision: str):
+    """The served scoring path in ``precision``, called like a model on a batch of decoded pixels."""
+    from cancer_classifier.scoring import Scorer
 
-    if precision == "float32":
-        return model
-    convert = getattr(modeling, "in_precision", None)
-    return convert(model, precision) if convert else None
+    scorer = Scorer(model, precision)
+    return lambda batch, training=False: scorer.score_images(list(batch))
 
 
 def forward_seconds(model: keras.Model, batch: np.ndarray, calls: int) -> float:

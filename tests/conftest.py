@@ -141,8 +141,9 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> ConfigurationMa
 
 @pytest.fixture(scope="module")
 def serving(trained_project):
-    """Serving settings for the tiny trained project, in local mode (the pipeline's artifacts)."""
-    return dataclasses.replace(trained_project.serving(), use_registry=False)
+    """Serving settings for the tiny trained project, in local mode (the pipeline's artifacts), in
+    float32 on every CPU (``auto`` would mean bfloat16 on some); test_parity.py serves both precisions."""
+    return dataclasses.replace(trained_project.serving(), use_registry=False, precision="float32")
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from cancer_classifier.modeling import load_classifier
 from cancer_classifier.serving import create_app
 from cancer_classifier.serving.inputs import Window, dicom_to_rgb
-from cancer_classifier.serving.predictor import MAX_SIDE, Predictor, limit_size
+from cancer_classifier.serving.predictor import Predictor, served_precision
 from cancer_classifier.utils.common import load_json
 from cancer_classifier.utils.images import decode_image
+from cancer_classifier.utils.limits import MAX_SIDE, limit_size
 from tests.conftest import shared_path
 
 LUNG = Window(-600, 1500)
@@ -199,6 +200,19 @@ def test_served_prediction_equals_the_saved_model(client, saved_model, metadata,
 def test_served_dicom_prediction_equals_the_saved_model(client, saved_model, metadata):
     dicom = shared_path(SBU_SLICE).read_bytes()
     assert_served_equals_saved(client, saved_model, metadata, dicom, dicom_to_rgb(dicom, LUNG))
+
+
+def test_bfloat16_is_served_only_where_the_evaluation_found_it_harmless():
+    both = ["float32", "mixed_bfloat16"]
+    assert served_precision("mixed_bfloat16", both, "m") == "mixed_bfloat16"
+    assert served_precision("mixed_bfloat16", ["float32"], "m") == "float32"  # measured harmful
+    assert served_precision("mixed_bfloat16", None, "m") == "float32"  # never measured
+    assert served_precision("float32", both, "m") == "float32"
+    assert served_precision("auto", both, "m") in both  # bfloat16 only on CPUs with native bfloat16
+
+
+def test_the_reply_says_which_precision_was_served(client, png_bytes):
+    assert upload(client, png_bytes, "file.bin").get_json()["model"]["precision"] == "float32"
 
 
 def test_very_large_images_are_downscaled_before_the_model():

@@ -103,12 +103,12 @@ UNLIKE_TRAINING = {
 
 def test_one_forward_pass_gives_the_models_own_probabilities(app, serving, test_split_pngs):
     predictor = app.extensions["model"].predictor
-    assert predictor.ood is not None and predictor.scorer is not None
-    outputs = [int(output.shape[-1]) for output in predictor.scorer.outputs]
+    assert predictor.ood is not None
+    outputs = [int(output.shape[-1]) for output in predictor.scorer.network.outputs]
     assert outputs == [predictor.ood.mean.shape[-1], len(predictor.info.classes)]
     saved = load_classifier(serving.model_dir / "model.keras")
     image = decode_image(test_split_pngs[0])
-    features, probabilities = predictor.features_and_probabilities(image)
+    features, probabilities = (out[0] for out in predictor.scorer.score_images([image]))
     expected = saved.predict(image[None].astype("float32"), verbose=0)[0]
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     reference = OODReference.load(serving.model_dir / REFERENCE_FILE)

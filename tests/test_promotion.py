@@ -86,10 +86,10 @@ def test_the_champion_is_scored_on_the_challengers_split_and_must_be_beaten(regi
     assert champion(real) == second["version"]
 
     tracking, registry = real.tracking(), ModelRegistry(real.registry())
-    classes = tuple(load_json(real.evaluation().root_dir / "evaluation.json")["classes"])
+    evaluation = load_json(real.evaluation().root_dir / "evaluation.json")
 
-    def decide(score: float, classes: tuple[str, ...] = classes) -> dict:
-        challenger = Challenger(score, demo=False, classes=classes, test_images=again["test_images"])
+    def decide(score: float) -> dict:
+        challenger = Challenger(score, False, tuple(evaluation["classes"]), evaluation["test_images"])
         return promotion_decision(
             client_for(real), tracking.registered_model, tracking.alias, "roc_auc", challenger, registry.score_champion
         )
@@ -115,10 +115,9 @@ def test_an_error_reading_the_champion_fails_the_stage_and_registers_nothing(reg
     tracking = real.tracking()
     client = client_for(real)
     before = len(client.search_model_versions(f"name='{tracking.registered_model}'"))
-    version = client.get_model_version(tracking.registered_model, second["version"])
-    artifacts = Path(client.get_logged_model(version.model_id).artifact_location.removeprefix("file://"))
+    artifacts = Path(tracking.artifact_location.removeprefix("file://"))
     moved = tmp_path / "moved"
-    shutil.move(artifacts, moved)  # the champion's model files are gone: it cannot be scored
+    shutil.move(artifacts, moved)  # the artifact store is gone: the champion cannot be scored
     try:
         with pytest.raises(Exception):
             ModelRegistry(dataclasses.replace(real.registry(), root_dir=tmp_path / "register")).run()

@@ -17,6 +17,10 @@ def use_experiment(tracking: TrackingConfig) -> str:
         # set_tracking_uri exports the variable; an unset one must keep meaning "no server configured".
         os.environ.pop(TRACKING_URI_ENV, None)
     experiment = mlflow.get_experiment_by_name(tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(tracking.experiment, artifact_location=tracking.artifact_location)
+    if experiment is None:
+        experiment_id = mlflow.create_experiment(tracking.experiment, artifact_location=tracking.artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    # Active, so that logged models (MLflow 3) and nested runs land here, not in the Default experiment.
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

@@ -40,7 +40,7 @@ def split_files(data_dir: Path, split: str) -> tuple[list[str], np.ndarray]:
 def image_batches(paths: list[str], harmonise: Harmonise, batch_size: int) -> tf.data.Dataset:
     """Decode in parallel, harmonise each image exactly as the model does, batch and prefetch.
 
-    Feed the batches to ``modeling.after_harmonise(model)``; order is preserved.
+    Feed the batches to ``scoring.Scorer.score_batches``; order is preserved.
     """
 
     def load(path: tf.Tensor) -> tf.Tensor:

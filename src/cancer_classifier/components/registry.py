@@ -84,7 +84,7 @@ def promotion_decision(
     metadata = mlflow.models.get_model_info(f"models:/{name}/{champion.version}").metadata or {}
     classes = tuple(metadata.get("classes") or ())
     demo = str(champion.tags.get("demo", metadata.get("demo", True))).lower() == "true"
-    decision = {"champion_version": champion.version, "champion_demo": demo}
+    decision = {"champion_version": str(champion.version), "champion_demo": demo}
     if classes != challenger.classes:
         return decision | {
             "promote": False,
