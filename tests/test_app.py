@@ -161,7 +161,7 @@ def test_predict_upload(client, png_bytes, metadata):
     assert list(body["probabilities"]) == metadata["classes"]
     assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert body["model"] == {"name": "chest-ct-classifier", "version": "1", "demo": True}
+    assert body["model"] == {"name": "chest-ct-classifier", "version": "1", "demo": True, "precision": "float32"}
     assert body["intended_use"] == metadata["intended_use"]
     assert "gradcam_png" not in body
     assert isinstance(body["in_distribution"], bool) and isinstance(body["ood_score"], float)
@@ -364,7 +364,8 @@ def test_registry_alias_is_served_when_tracking_is_configured(serving, png_bytes
     assert "not for clinical use" in predictor.info.intended_use
     client = create_app({"TESTING": True, "PREDICTOR": predictor}).test_client()
     body = upload(client, png_bytes).get_json()
-    assert body["model"] == {"name": serving.tracking.registered_model, "version": version, "demo": True}
+    expected = {"name": serving.tracking.registered_model, "version": version, "demo": True, "precision": "float32"}
+    assert body["model"] == expected
 
 
 def test_registry_without_the_model_is_a_clear_503(serving, tmp_path):

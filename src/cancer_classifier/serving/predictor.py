@@ -44,7 +44,7 @@ class ModelInfo:
     classes: tuple[str, ...]
     source: str  # "local" (pipeline artifacts) or "registry" (models:/name@alias)
     promoted: bool | None = None  # whether the register stage made this version the champion
-    precision: str = "float32"  # what the base computes in: set by the Predictor
+    precision: str | None = None  # what the VGG16 base computes in (set by the Predictor); None for tabular
 
     def public(self) -> dict:
         return {"name": self.name, "version": self.version, "demo": self.demo, "precision": self.precision}
