@@ -66,6 +66,8 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
         load_json(trained_project.evaluation().root_dir / "evaluation.json")["metrics"]["roc_auc"]
     )
     assert run.data.tags["data_manifest_sha256"] and run.data.tags["base_weights"] == "none"
+    assert run.data.tags["servable_precisions"] == "float32,mixed_bfloat16"
+    assert {"test_bfloat16_roc_auc", "test_bfloat16_label_changes"} <= set(run.data.metrics)
     training_run = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert any(name.startswith("cv_roc_auc_") for name in training_run.data.metrics)  # the head selection
     paths, _ = split_files(trained_project.evaluation().data_dir, "test")

@@ -37,6 +37,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def evaluation_metrics(evaluation: dict) -> dict[str, float]:
+    """Test-split metrics (``test_*``), external ones (``external_*``) and the bfloat16 agreement."""
+    metrics = {f"test_{k}": v for k, v in evaluation["metrics"].items()}
+    if evaluation.get("external"):
+        metrics |= {f"external_{k}": v for k, v in evaluation["external"]["metrics"].items()}
+    for split, agreement in evaluation["serving_precision"]["agreement"].items():
+        metrics[f"{split}_bfloat16_roc_auc"] = agreement["bfloat16_metrics"]["roc_auc"]
+        metrics[f"{split}_bfloat16_label_changes"] = agreement["label_changes"]
+        metrics[f"{split}_bfloat16_max_probability_difference"] = agreement["max_probability_difference"]
+    return {name: float(value) for name, value in metrics.items() if np.isfinite(value)}
+
+
 @dataclass(frozen=True)
 class Challenger:
     """A model about to be registered, as the promotion gate sees it."""
@@ -162,7 +174,8 @@ class ModelRegistry:
         ):
             mlflow.set_tags(tags)
             mlflow.log_params(config.params)
-            mlflow.log_metrics({f"test_{k}": v for k, v in evaluation["metrics"].items() if np.isfinite(v)})
+            mlflow.log_metrics(evaluation_metrics(evaluation))
+            mlflow.set_tag("servable_precisions", ",".join(evaluation["serving_precision"]["servable"]))
             mlflow.log_artifacts(str(config.evaluation_dir), artifact_path="evaluation")
             mlflow.log_artifact(str(config.data_dir / "data_report.json"), artifact_path="data")
             for file in SERVING_FILES:  # what serving needs beside the model, for registry mode
