@@ -67,3 +67,16 @@ def test_missing_key_is_named(project, tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.yaml"):
         ConfigurationManager(tmp_path / "nothere.yaml", REPO / "params.yaml")
+
+
+def test_a_yaml_alias_bomb_is_refused_with_the_file_named(tmp_path):
+    from cancer_classifier.utils.common import read_yaml
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]  # 10^9 values
+    bomb = tmp_path / "params.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"params.yaml: aliases expand to more than"):
+        read_yaml(bomb)
+    (tmp_path / "ok.yaml").write_text("base: &b {lr: 0.1}\ncopy: *b\n")  # a plain alias is fine
+    assert read_yaml(tmp_path / "ok.yaml").to_dict() == {"base": {"lr": 0.1}, "copy": {"lr": 0.1}}

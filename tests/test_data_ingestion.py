@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cancer_classifier.components import data_ingestion
 from cancer_classifier.components.data_ingestion import DataIngestion, DataSourceError, group_split
 from cancer_classifier.components.synthetic import phantom
 from cancer_classifier.utils.common import sha256_file
@@ -121,6 +122,29 @@ def test_zip_member_outside_the_archive_is_refused(project, tmp_path):
     with pytest.raises(DataSourceError, match="outside the archive"):
         ingest(project, str(archive))
     assert not (tmp_path.parent / "escaped.png").exists()
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_extracted(project, tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("normal/zeros.png", bytes(50 * 1024 * 1024))  # 50 MB that deflate to ~50 KB
+    with pytest.raises(DataSourceError, match="zip bomb"):
+        ingest(project, str(archive))
+
+
+def test_a_zip_or_download_beyond_the_size_limits_is_refused(project, kaggle_folder, tmp_path, http_server,
+                                                            monkeypatch):
+    archive = Path(shutil.make_archive(str(tmp_path / "ct"), "zip", kaggle_folder))
+    monkeypatch.setattr(data_ingestion, "MAX_SOURCE_FILES", 5)
+    with pytest.raises(DataSourceError, match="more than the 5 allowed"):
+        ingest(project, str(archive))
+    monkeypatch.setattr(data_ingestion, "MAX_SOURCE_FILES", 200_000)
+    monkeypatch.setattr(data_ingestion, "MAX_SOURCE_BYTES", 10_000)
+    with pytest.raises(DataSourceError, match="unpacks to .* more than the 10,000 allowed"):
+        ingest(project, str(archive))
+    with pytest.raises(DataSourceError, match="bytes announced, more than the 10,000 allowed"):
+        ingest(project, f"{http_server}/ct.zip", source_sha256=sha256_file(archive))
+    assert not list(tmp_path.rglob("*.partial"))
 
 
 @pytest.fixture

@@ -34,6 +34,12 @@ METADATA_FIELDS = ("width", "height", "file_bytes", "colour", "mean", "std")
 MANIFEST_FIELDS = ("file", "sha256", "label", "split", "group", "source_path", *METADATA_FIELDS)
 
 
+# Bounds on what a source may make this stage read or write (a zip or download bomb stops here).
+MAX_SOURCE_BYTES = 20 * 1024**3  # a download, and a zip's total uncompressed size
+MAX_SOURCE_FILES = 200_000  # members of a zip
+MAX_COMPRESSION_RATIO = 100  # per zip member: images barely compress; a bomb compresses a thousandfold
+
+
 class DataSourceError(RuntimeError):
     """The configured source cannot be read, or does not hold the configured classes."""
 
@@ -63,10 +69,14 @@ def download(url: str, expected_sha256: str, target: Path) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as file:
             total = int(response.headers.get("Content-Length") or 0) or None
+            if total and total > MAX_SOURCE_BYTES:
+                raise DataSourceError(f"{url}: {total:,} bytes announced, more than the {MAX_SOURCE_BYTES:,} allowed")
             with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
-                    file.write(chunk)
                     bar.update(len(chunk))
+                    if bar.n > MAX_SOURCE_BYTES:  # checked while reading: the announced size may lie
+                        raise DataSourceError(f"{url}: more than the {MAX_SOURCE_BYTES:,} bytes allowed; stopped")
+                    file.write(chunk)
         actual = sha256_file(partial)
         if actual != expected_sha256.lower():
             raise DataSourceError(
@@ -81,14 +91,30 @@ def download(url: str, expected_sha256: str, target: Path) -> Path:
         partial.unlink(missing_ok=True)
 
 
+def check_members(archive: Path, members: list[zipfile.ZipInfo], target: Path) -> None:
+    """Refuse, before extracting anything, members outside the target and archives that would
+    unpack to too many files, too many bytes, or far more than they hold (a zip bomb)."""
+    if len(members) > MAX_SOURCE_FILES:
+        raise DataSourceError(f"{archive}: {len(members):,} members, more than the {MAX_SOURCE_FILES:,} allowed")
+    total = sum(member.file_size for member in members)
+    if total > MAX_SOURCE_BYTES:
+        raise DataSourceError(f"{archive}: unpacks to {total:,} bytes, more than the {MAX_SOURCE_BYTES:,} allowed")
+    for member in members:
+        if not (target / member.filename).resolve().is_relative_to(target.resolve()):
+            raise DataSourceError(f"{archive}: member {member.filename!r} points outside the archive")
+        if member.file_size > MAX_COMPRESSION_RATIO * max(member.compress_size, 1024):
+            raise DataSourceError(
+                f"{archive}: member {member.filename!r} unpacks to {member.file_size:,} bytes from "
+                f"{member.compress_size:,}, more than {MAX_COMPRESSION_RATIO}x: refused as a possible zip bomb"
+            )
+
+
 def extract_zip(archive: Path, expected_sha256: str | None, target: Path) -> Path:
     if expected_sha256 and sha256_file(archive) != expected_sha256.lower():
         raise DataSourceError(f"{archive}: sha256 does not match config data_ingestion.source_sha256")
     try:
         with zipfile.ZipFile(archive) as zipped:
-            for member in zipped.namelist():  # refuse members that would land outside the target
-                if not (target / member).resolve().is_relative_to(target.resolve()):
-                    raise DataSourceError(f"{archive}: member {member!r} points outside the archive")
+            check_members(archive, zipped.infolist(), target)
             zipped.extractall(target)
     except zipfile.BadZipFile as error:
         raise DataSourceError(f"{archive}: not a readable zip file ({error})") from None

@@ -33,10 +33,38 @@ Yaml12Loader.yaml_implicit_resolvers = {
 Yaml12Loader.add_implicit_resolver(YAML_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
+# A configuration file has a few hundred values; aliases may not expand it beyond this (a "billion
+# laughs" file of a few lines would otherwise expand to gigabytes when walked).
+MAX_YAML_NODES = 100_000
+
+
+def expanded_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (shared nodes counted per use)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a recursive alias counts once
+        if isinstance(node, yaml.SequenceNode):
+            memo[id(node)] += sum(expanded_nodes(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[id(node)] += sum(expanded_nodes(k, memo) + expanded_nodes(v, memo) for k, v in node.value)
+    return memo[id(node)]
+
+
+def load_yaml(text: str, where: Path) -> Any:
+    """YAML 1.2 booleans, and no alias expansion beyond MAX_YAML_NODES."""
+    loader = Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and expanded_nodes(node, {}) > MAX_YAML_NODES:
+            raise ValueError(f"{where}: aliases expand to more than {MAX_YAML_NODES:,} values; refused")
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> ConfigBox:
     """Read a YAML mapping; an empty or non-mapping file is an error naming the file."""
     try:
-        content = yaml.load(Path(path).read_text(), Loader=Yaml12Loader)
+        content = load_yaml(Path(path).read_text(), path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except yaml.YAMLError as error:
