@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cancer_classifier.entity import (
     AugmentationConfig,
     DataIngestionConfig,
+    DecodeBudgetConfig,
     EvaluationConfig,
     FeaturesConfig,
     MonitoringConfig,
@@ -61,6 +62,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "precision": str,
         "max_batch": int,
         "read_timeout_seconds": NUMBER,
+        "body_deadline_seconds": NUMBER,
+        "predict_wait_seconds": NUMBER,
+        "decode_budget": {
+            "max_image_pixels": int,
+            "max_request_pixels": int,
+            "max_image_decoded_mb": NUMBER,
+            "max_request_decoded_mb": NUMBER,
+        },
         "model_retry_seconds": NUMBER,
         "monitoring": {"log_file": str, "window": int, "drift_alert_psi": NUMBER, "max_log_mb": NUMBER},
     },
@@ -276,6 +285,12 @@ class ConfigurationManager:
             raise ConfigError(
                 f"{self.config_path}: 'serving.read_timeout_seconds' and 'serving.model_retry_seconds' must be positive"
             )
+        limits = [serving["body_deadline_seconds"], serving["predict_wait_seconds"], *serving["decode_budget"].values()]
+        if not all(value > 0 for value in limits):
+            raise ConfigError(
+                f"{self.config_path}: 'serving.body_deadline_seconds', 'serving.predict_wait_seconds' and every "
+                "'serving.decode_budget' value must be positive"
+            )
         if serving["max_batch"] < 1:
             raise ConfigError(
                 f"{self.config_path}: 'serving.max_batch' must be at least 1, got {serving['max_batch']!r}"
@@ -434,6 +449,7 @@ class ConfigurationManager:
 
     def serving(self) -> ServingConfig:
         serving = self.config["serving"]
+        budget = serving["decode_budget"]
         return ServingConfig(
             model_dir=self._path(serving["model_dir"]),
             registration_file=self._path(serving["registration_file"]),
@@ -444,6 +460,14 @@ class ConfigurationManager:
             precision=serving["precision"],
             max_batch=serving["max_batch"],
             read_timeout_seconds=float(serving["read_timeout_seconds"]),
+            body_deadline_seconds=float(serving["body_deadline_seconds"]),
+            predict_wait_seconds=float(serving["predict_wait_seconds"]),
+            decode_budget=DecodeBudgetConfig(
+                max_image_pixels=budget["max_image_pixels"],
+                max_request_pixels=budget["max_request_pixels"],
+                max_image_bytes=int(budget["max_image_decoded_mb"] * 1024 * 1024),
+                max_request_bytes=int(budget["max_request_decoded_mb"] * 1024 * 1024),
+            ),
             model_retry_seconds=float(serving["model_retry_seconds"]),
             monitoring=MonitoringConfig(
                 log_file=self._path(serving["monitoring"]["log_file"]),

@@ -1,6 +1,7 @@
 from cancer_classifier.entity.config_entity import (
     AugmentationConfig,
     DataIngestionConfig,
+    DecodeBudgetConfig,
     EvaluationConfig,
     FeaturesConfig,
     MonitoringConfig,
@@ -26,6 +27,7 @@ __all__ = [
     "AugmentationConfig",
     "ColumnSpec",
     "DataIngestionConfig",
+    "DecodeBudgetConfig",
     "EvaluationConfig",
     "FeaturesConfig",
     "MonitoringConfig",

@@ -134,6 +134,16 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class DecodeBudgetConfig:
+    """What one upload and one request may decode to, checked from headers before decoding."""
+
+    max_image_pixels: int
+    max_request_pixels: int
+    max_image_bytes: int
+    max_request_bytes: int
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     model_dir: Path  # local artifacts: model.keras, model_metadata.json, class_indices.json
     registration_file: Path  # the register stage's record of the version, if it ran
@@ -144,6 +154,9 @@ class ServingConfig:
     precision: str  # auto | float32 | mixed_bfloat16
     max_batch: int  # most images one /predict request may carry
     read_timeout_seconds: float  # a stalled upload gets a 408 after this long
+    body_deadline_seconds: float  # the whole body must arrive within this
+    predict_wait_seconds: float  # longest wait for the worker's prediction slot
+    decode_budget: DecodeBudgetConfig
     model_retry_seconds: float  # how often a missing model is looked for again
     monitoring: MonitoringConfig
     use_registry: bool  # True when MLFLOW_TRACKING_URI is set: serve models:/<name>@<alias>

@@ -154,13 +154,16 @@ def create_app(test_config: dict | None = None) -> Flask:
         MODEL_RETRY_SECONDS=config.model_retry_seconds if config else 30.0,
         MAX_BATCH=config.max_batch if config else 16,
         READ_TIMEOUT_SECONDS=config.read_timeout_seconds if config else 20.0,
-        # The decode budget and the body deadline (serving/inputs.py has the defaults and why).
-        MAX_IMAGE_PIXELS=inputs.MAX_IMAGE_PIXELS,
-        MAX_REQUEST_PIXELS=inputs.MAX_REQUEST_PIXELS,
-        MAX_IMAGE_DECODED_BYTES=inputs.MAX_IMAGE_DECODED_BYTES,
-        MAX_REQUEST_DECODED_BYTES=inputs.MAX_REQUEST_DECODED_BYTES,
-        BODY_DEADLINE_SECONDS=inputs.BODY_DEADLINE_SECONDS,
-        PREDICT_WAIT_SECONDS=inputs.PREDICT_WAIT_SECONDS,
+        # The decode budget and the body deadline: config.yaml's serving section, else
+        # serving/inputs.py's defaults (a test handing over only a predictor).
+        MAX_IMAGE_PIXELS=config.decode_budget.max_image_pixels if config else inputs.MAX_IMAGE_PIXELS,
+        MAX_REQUEST_PIXELS=config.decode_budget.max_request_pixels if config else inputs.MAX_REQUEST_PIXELS,
+        MAX_IMAGE_DECODED_BYTES=config.decode_budget.max_image_bytes if config else inputs.MAX_IMAGE_DECODED_BYTES,
+        MAX_REQUEST_DECODED_BYTES=(
+            config.decode_budget.max_request_bytes if config else inputs.MAX_REQUEST_DECODED_BYTES
+        ),
+        BODY_DEADLINE_SECONDS=config.body_deadline_seconds if config else inputs.BODY_DEADLINE_SECONDS,
+        PREDICT_WAIT_SECONDS=config.predict_wait_seconds if config else inputs.PREDICT_WAIT_SECONDS,
     )
     app.config.update(test_config)
     app.extensions["serving_config"] = config

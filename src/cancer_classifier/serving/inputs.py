@@ -38,20 +38,20 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_PREAMBLE = 128
 DICOM_MAGIC = b"DICM"
 
-# -- the decode budget (defaults; proposed config keys in brackets) ------------------------------
+# -- the decode budget: defaults of config.yaml's keys (in brackets) ---------------------------
 # Pixels one image may hold after decoding: 4096 x 4096. A CT slice is 512 x 512; the predictor
 # downscales anything above 2048 on a side anyway. Decoding costs at most about 20 bytes per pixel
 # at the peak (16-bit data as float64 while windowing), so one image stays near 350 MB.
-# [serving.decode_budget.max_image_megapixels: 16]
+# [serving.decode_budget.max_image_pixels]
 MAX_IMAGE_PIXELS = 4096 * 4096
 # Pixels all the images of one request may hold together (several ``file`` fields in /predict):
-# the decoded images are kept until the batch's forward pass. [serving.decode_budget.max_request_megapixels: 32]
+# the decoded images are kept until the batch's forward pass. [serving.decode_budget.max_request_pixels]
 MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS
 # Bytes one DICOM may decode to: its inflated dataset (Deflated transfer syntax) and, separately,
 # its raw pixel buffer (Rows x Columns x frames x samples x BitsAllocated / 8).
-# [serving.decode_budget.max_image_decoded_mb: 64]
+# [serving.decode_budget.max_image_decoded_mb]
 MAX_IMAGE_DECODED_BYTES = 64 * 1024 * 1024
-# The same, summed over the uploads of one request. [serving.decode_budget.max_request_decoded_mb: 128]
+# The same, summed over the uploads of one request. [serving.decode_budget.max_request_decoded_mb]
 MAX_REQUEST_DECODED_BYTES = 2 * MAX_IMAGE_DECODED_BYTES
 # A JPEG more than twice this size on its longer side is decoded at a reduced scale (DCT scaling,
 # Pillow's ``draft``) to no less than this size: the predictor's MAX_SIDE, to which it downscales
@@ -59,10 +59,10 @@ MAX_REQUEST_DECODED_BYTES = 2 * MAX_IMAGE_DECODED_BYTES
 JPEG_DRAFT_SIDE = 2048
 # Seconds a request body may take to arrive in full, however steadily it trickles (each read also
 # waits at most serving.read_timeout_seconds). 10 MB in 90 s is 0.9 Mbit/s.
-# [serving.body_deadline_seconds: 90]
+# [serving.body_deadline_seconds]
 BODY_DEADLINE_SECONDS = 90.0
 # Seconds an image request waits for its worker's prediction slot (one at a time per worker) before
-# a 503. [serving.predict_wait_seconds: 60]
+# a 503. [serving.predict_wait_seconds]
 PREDICT_WAIT_SECONDS = 60.0
 # Rescale slope and intercept beyond this magnitude are not Hounsfield conversions but garbage.
 MAX_RESCALE_MAGNITUDE = 1e6
