@@ -11,14 +11,20 @@ import shutil
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.components.registry import Challenger, ModelRegistry, promotion_decision
+from cancer_classifier.components.data_ingestion import DataIngestion
+from cancer_classifier.components.evaluation import Evaluation
+from cancer_classifier.components.features import Features
+from cancer_classifier.components.prepare_base_model import PrepareBaseModel
+from cancer_classifier.components.registry import Challenger, Comparison, ModelRegistry, promotion_decision
 from cancer_classifier.components.synthetic import write_phantoms
+from cancer_classifier.components.training import Training
 from cancer_classifier.config import ConfigurationManager
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import load_json
-from tests.conftest import TINY_PARAMS, run_pipeline, write_project
+from tests.conftest import TINY_PARAMS, merge, run_pipeline, write_project
 
 # One folder of images treated as a real-data source; the same registry for both projects.
 FOLDER_CLASSES = ("adenocarcinoma", "normal")
@@ -85,17 +91,67 @@ def test_the_champion_is_scored_on_the_challengers_split_and_must_be_beaten(regi
     assert "this model's test split" in again["comparison"]
     assert champion(real) == second["version"]
 
-    tracking, registry = real.tracking(), ModelRegistry(real.registry())
-    evaluation = load_json(real.evaluation().root_dir / "evaluation.json")
+    assert again["challenger_score"] == pytest.approx(again["score"], abs=1e-6)  # predictions.csv, as evaluated
 
-    def decide(score: float) -> dict:
-        challenger = Challenger(score, False, tuple(evaluation["classes"]), evaluation["test_images"])
+    tracking = real.tracking()
+    evaluation = load_json(real.evaluation().root_dir / "evaluation.json")
+    challenger = Challenger(again["score"], False, tuple(evaluation["classes"]), evaluation["test_images"])
+
+    def decide(margin: float) -> dict:
+        """The rule alone: a challenger ``margin`` above or below the champion on the same images."""
+        scored = Comparison(again["champion_score"], again["champion_score"] + margin, evaluation["test_images"])
         return promotion_decision(
-            client_for(real), tracking.registered_model, tracking.alias, "roc_auc", challenger, registry.score_champion
+            client_for(real), tracking.registered_model, tracking.alias, "roc_auc", challenger, lambda _: scored
         )
 
-    assert decide(again["champion_score"] - 0.01)["promote"] is False
-    assert decide(again["champion_score"] + 0.01)["promote"] is True
+    assert decide(-0.01)["promote"] is False
+    assert decide(+0.01)["promote"] is True
+
+
+def test_the_champions_training_images_are_left_out_of_the_comparison(registered, tmp_path_factory):
+    """A challenger re-split from the champion's own folder: its test split holds champion training images."""
+    real, second = registered["real"]
+    source = real.data_ingestion().source
+    root = tmp_path_factory.mktemp("resplit")
+    config = {"data_ingestion": {"source": source}}
+    other = ConfigurationManager(
+        *write_project(
+            root, config, merge(TINY_PARAMS, {"data": {"seed": 3, "split": {"train": 0.3, "val": 0.2, "test": 0.5}}})
+        ),
+        project_root=root,
+    )
+    for make in (  # every stage before register (made in turn: each reads the one before)
+        lambda: DataIngestion(other.data_ingestion()),
+        lambda: PrepareBaseModel(other.prepare_base_model()),
+        lambda: Features(other.features()),
+        lambda: Training(other.training()),
+        lambda: Evaluation(other.evaluation()),
+    ):
+        make().run()
+    champion = client_for(real).get_model_version(real.tracking().registered_model, second["version"])
+    compared = ModelRegistry(dataclasses.replace(other.registry(), tracking=real.tracking())).compare(champion)
+    test_images = load_json(other.evaluation().root_dir / "evaluation.json")["test_images"]
+    assert 0 < compared.images < test_images and "left out: the champion trained on them" in compared.note
+
+
+def test_a_real_data_model_replaces_a_demo_champion_even_with_other_classes(registered):
+    demo, first = registered["demo"]
+    real, second = registered["real"]
+    tracking, client = real.tracking(), client_for(real)
+    client.set_registered_model_alias(tracking.registered_model, tracking.alias, first["version"])  # demo champion
+    try:
+        challenger = Challenger(0.5, demo=False, classes=("a", "b", "c"), test_images=10)
+        decision = promotion_decision(
+            client,
+            tracking.registered_model,
+            tracking.alias,
+            "roc_auc",
+            challenger,
+            ModelRegistry(real.registry()).compare,
+        )
+    finally:
+        client.set_registered_model_alias(tracking.registered_model, tracking.alias, second["version"])
+    assert decision["promote"] is True and "replaces the demo" in decision["reason"]
 
 
 def test_models_for_other_classes_never_compete(registered):
@@ -103,8 +159,12 @@ def test_models_for_other_classes_never_compete(registered):
     tracking = real.tracking()
     challenger = Challenger(1.0, demo=False, classes=("a", "b", "c"), test_images=10)
     decision = promotion_decision(
-        client_for(real), tracking.registered_model, tracking.alias, "roc_auc", challenger,
-        ModelRegistry(real.registry()).score_champion,
+        client_for(real),
+        tracking.registered_model,
+        tracking.alias,
+        "roc_auc",
+        challenger,
+        ModelRegistry(real.registry()).compare,
     )
     assert decision["promote"] is False and "never compete" in decision["reason"]
     assert "tracking.registered_model" in decision["reason"]
@@ -119,7 +179,7 @@ def test_an_error_reading_the_champion_fails_the_stage_and_registers_nothing(reg
     moved = tmp_path / "moved"
     shutil.move(artifacts, moved)  # the artifact store is gone: the champion cannot be scored
     try:
-        with pytest.raises(Exception):
+        with pytest.raises((MlflowException, OSError)):
             ModelRegistry(dataclasses.replace(real.registry(), root_dir=tmp_path / "register")).run()
     finally:
         shutil.move(moved, artifacts)

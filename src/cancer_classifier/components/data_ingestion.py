@@ -24,7 +24,7 @@ from cancer_classifier.components.synthetic import write_phantoms
 from cancer_classifier.entity import DataIngestionConfig
 from cancer_classifier.utils.common import atomic_directory, save_json, sha256_bytes, sha256_file
 from cancer_classifier.utils.images import ImageDecodeError, decode_image, image_statistics
-from cancer_classifier.utils.limits import limit_size
+from cancer_classifier.utils.limits import MAX_SIDE, limit_size
 from cancer_classifier.utils.logging import logger
 
 SPLITS = ("train", "val", "test")
@@ -178,7 +178,7 @@ def read_images(files: list[tuple[Path, str]], root: Path) -> tuple[list[ImageRe
         relative = str(path.relative_to(root))
         data = path.read_bytes()
         try:
-            pixels = limit_size(decode_image(data))
+            pixels = limit_size(decode_image(data, draft_side=MAX_SIDE))  # as the app decodes it
         except ImageDecodeError as error:
             rejected.append({"file": relative, "label": label, "reason": str(error)})
             continue

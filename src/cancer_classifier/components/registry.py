@@ -6,9 +6,11 @@ split through the same scoring path, so like is compared with like, and a failur
 champion stops the stage instead of promoting.
 """
 
+import csv
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import mlflow.tensorflow
@@ -19,7 +21,7 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from cancer_classifier.components.dataset import image_batches, split_files
+from cancer_classifier.components.dataset import image_batches, split_files, split_rows
 from cancer_classifier.components.metrics import headline_metrics
 from cancer_classifier.entity import RegistryConfig
 from cancer_classifier.modeling import Harmonise, intended_use, load_classifier
@@ -47,6 +49,16 @@ def evaluation_metrics(evaluation: dict) -> dict[str, float]:
         metrics[f"{split}_bfloat16_label_changes"] = agreement["label_changes"]
         metrics[f"{split}_bfloat16_max_probability_difference"] = agreement["max_probability_difference"]
     return {name: float(value) for name, value in metrics.items() if np.isfinite(value)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Champion and challenger scored on the same images of the challenger's test split."""
+
+    champion: float
+    challenger: float
+    images: int
+    note: str = ""  # which images were left out, and why
 
 
 @dataclass(frozen=True)
@@ -82,13 +94,14 @@ def promotion_decision(
     alias: str,
     metric: str,
     challenger: Challenger,
-    score_champion: Callable[[ModelVersion], float],
+    compare: Callable[[ModelVersion], Comparison],
 ) -> dict:
     """Whether the challenger should become ``alias``, decided before anything is registered.
 
-    Like is compared with like: the champion is scored by ``score_champion`` on the challenger's own
-    test split through the same scoring path. Models for other classes never compete; a model trained
-    on real data always replaces a demo champion, and a demo model never displaces a real one.
+    Like is compared with like: ``compare`` scores the champion on the challenger's own test split
+    through the same scoring path (without images the champion was trained on). A model trained on
+    real data always replaces a demo champion and a demo never displaces a real one; otherwise
+    models for other classes never compete.
     """
     champion = champion_version(client, name, alias)
     if champion is None:
@@ -97,14 +110,6 @@ def promotion_decision(
     classes = tuple(metadata.get("classes") or ())
     demo = str(champion.tags.get("demo", metadata.get("demo", True))).lower() == "true"
     decision = {"champion_version": str(champion.version), "champion_demo": demo}
-    if classes != challenger.classes:
-        return decision | {
-            "promote": False,
-            "comparison": "refused: other classes",
-            "reason": f"{alias} version {champion.version} has classes {list(classes)}, this model "
-            f"{list(challenger.classes)}: models for other classes never compete; give this class set its own "
-            "registered model name (tracking.registered_model in config/config.yaml)",
-        }
     if demo != challenger.demo:
         return decision | {
             "promote": not challenger.demo,
@@ -113,16 +118,46 @@ def promotion_decision(
             if challenger.demo
             else f"a model trained on real data replaces the demo {alias} (version {champion.version})",
         }
-    score = score_champion(champion)
-    promote = challenger.score > score
+    if classes != challenger.classes:
+        return decision | {
+            "promote": False,
+            "comparison": "refused: other classes",
+            "reason": f"{alias} version {champion.version} has classes {list(classes)}, this model "
+            f"{list(challenger.classes)}: models for other classes never compete; give this class set its own "
+            "registered model name (tracking.registered_model in config/config.yaml)",
+        }
+    scored = compare(champion)
+    promote = scored.challenger > scored.champion
     verb = "beats" if promote else "does not beat"
     return decision | {
         "promote": promote,
-        "comparison": f"both scored on this model's test split ({challenger.test_images} images, same scoring path)",
-        "champion_score": score,
-        "reason": f"{metric} {challenger.score:.4f} {verb} {alias} version {champion.version} ({score:.4f}) "
-        "on this model's own test split",
+        "comparison": f"both scored on this model's test split ({scored.images} images, same scoring path)"
+        + (f"; {scored.note}" if scored.note else ""),
+        "champion_score": scored.champion,
+        "challenger_score": scored.challenger,
+        "reason": f"{metric} {scored.challenger:.4f} {verb} {alias} version {champion.version} "
+        f"({scored.champion:.4f}) on this model's own test split",
     }
+
+
+def champion_training_images(champion: ModelVersion) -> set[str] | None:
+    """Pixel hashes of the champion's train and val images, from the manifest logged with it (None if absent)."""
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="data/manifest.csv")
+    except (MlflowException, OSError):  # a version registered before manifests were logged
+        return None
+    with open(path, newline="") as file:
+        return {row["sha256"] for row in csv.DictReader(file) if row["split"] in ("train", "val")}
+
+
+def evaluated_probabilities(predictions: Path, classes: list[str]) -> dict[str, np.ndarray]:
+    """This model's float32 test probabilities by file name, as the evaluation stage wrote them."""
+    with open(predictions, newline="") as file:
+        return {
+            row["file"]: np.array([float(row[f"p_{c}"]) for c in classes])
+            for row in csv.DictReader(file)
+            if row["split"] == "test" and row["precision"] == "float32"
+        }
 
 
 def apply_promotion(client: MlflowClient, name: str, alias: str, version: str, decision: dict) -> None:
@@ -165,7 +200,7 @@ class ModelRegistry:
         challenger = Challenger(
             evaluation["metrics"][metric], demo, tuple(evaluation["classes"]), evaluation["test_images"]
         )
-        decision = promotion_decision(client, name, tracking.alias, metric, challenger, self.score_champion)
+        decision = promotion_decision(client, name, tracking.alias, metric, challenger, self.compare)
         # Each registration is a child of the training run, so re-evaluating a model never
         # collides with the parameters already logged there.
         with (
@@ -178,6 +213,8 @@ class ModelRegistry:
             mlflow.set_tag("servable_precisions", ",".join(evaluation["serving_precision"]["servable"]))
             mlflow.log_artifacts(str(config.evaluation_dir), artifact_path="evaluation")
             mlflow.log_artifact(str(config.data_dir / "data_report.json"), artifact_path="data")
+            # which images trained and tested this version: a later challenger's comparison leaves them out
+            mlflow.log_artifact(str(config.data_dir / "manifest.csv"), artifact_path="data")
             for file in SERVING_FILES:  # what serving needs beside the model, for registry mode
                 mlflow.log_artifact(str(config.model_dir / file), artifact_path="serving")
             version = self.log_model(demo, tags, evaluation["serving_precision"]["servable"])
@@ -197,16 +234,37 @@ class ModelRegistry:
         logger.info("registered %s version %s: %s", name, version, decision["reason"])
         return record
 
-    def score_champion(self, champion: ModelVersion) -> float:
-        """The champion's promotion metric on this model's test split, through the same scoring path (float32)."""
+    def compare(self, champion: ModelVersion) -> Comparison:
+        """Champion and this model on this model's test images that the champion never trained on."""
         config = self.config
+        rows = split_rows(config.data_dir, "test")
+        seen = champion_training_images(champion)
+        kept = [row for row in rows if seen is None or row["sha256"] not in seen]
+        if not kept:
+            raise StageInputError(
+                f"every test image of this model trained the {config.tracking.alias} (version {champion.version}): "
+                "they cannot be compared on them; re-split with another data.seed or register under another name"
+            )
+        classes = list(load_json(config.model_dir / "class_indices.json"))
+        y_true = np.array([classes.index(row["label"]) for row in kept])
+        ours = evaluated_probabilities(config.evaluation_dir / "predictions.csv", classes)
+        challenger = np.array([ours[Path(row["file"]).name] for row in kept])
         model = mlflow.tensorflow.load_model(f"models:/{config.tracking.registered_model}/{champion.version}")
-        paths, y_true = split_files(config.data_dir, "test")
-        proba = Scorer(model).score_files(paths, what=f"champion version {champion.version}")[1]
-        classes = tuple(load_json(config.model_dir / "class_indices.json"))
-        return headline_metrics(y_true, proba.astype(np.float64), classes.index(config.positive_class))[
-            config.promotion_metric
-        ]
+        paths = [str(config.data_dir / row["file"]) for row in kept]
+        theirs = Scorer(model).score_files(paths, what=f"champion version {champion.version}")[1]
+        positive = classes.index(config.positive_class)
+        metric = config.promotion_metric
+        note = (
+            "the champion's training images are unknown (registered without its manifest)"
+            if seen is None
+            else f"{len(rows) - len(kept)} image(s) left out: the champion trained on them"
+        )
+        return Comparison(
+            headline_metrics(y_true, theirs.astype(np.float64), positive)[metric],
+            headline_metrics(y_true, challenger, positive)[metric],
+            len(kept),
+            note,
+        )
 
     def log_model(self, demo: bool, tags: dict[str, str], servable: list[str]) -> str:
         model = load_classifier(self.config.model_dir / "model.keras")

@@ -10,7 +10,13 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from cancer_classifier.components.metrics import headline_metrics
-from cancer_classifier.components.registry import Challenger, apply_promotion, git_commit, promotion_decision
+from cancer_classifier.components.registry import (
+    Challenger,
+    Comparison,
+    apply_promotion,
+    git_commit,
+    promotion_decision,
+)
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularRegistryConfig
 from cancer_classifier.tabular_model import MODEL_FILE, REGISTRY_FOLDER, TabularModel
@@ -54,16 +60,15 @@ class TabularRegistry:
         test, _ = load_split(config.data_dir, "test")
         challenger = Challenger(evaluation["metrics"][metric], False, tuple(model.classes), len(test))
 
-        def score_champion(champion) -> float:
+        def compare(champion) -> Comparison:
             """The champion's metric on this model's test rows (its own Pipeline does its own preprocessing)."""
             pipeline = mlflow.sklearn.load_model(f"models:/{tracking.registered_model}/{champion.version}")
             frame, y_true = load_split(config.data_dir, "test")
             positive = model.classes.index(model.metadata["positive_class"])
-            return headline_metrics(y_true, pipeline.predict_proba(frame), positive)[metric]
+            theirs = headline_metrics(y_true, pipeline.predict_proba(frame), positive)[metric]
+            return Comparison(theirs, challenger.score, len(frame))
 
-        decision = promotion_decision(
-            client, tracking.registered_model, tracking.alias, metric, challenger, score_champion
-        )
+        decision = promotion_decision(client, tracking.registered_model, tracking.alias, metric, challenger, compare)
         with mlflow.start_run(run_name=f"{config.task.name}-evaluate-register"):
             mlflow.set_tags(tags)
             mlflow.log_params(config.params)

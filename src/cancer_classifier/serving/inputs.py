@@ -32,6 +32,7 @@ from cancer_classifier.serving.errors import (
     UnsupportedMediaType,
 )
 from cancer_classifier.utils.images import ImageDecodeError, ImageTooLarge, decode_image, jpeg_draft
+from cancer_classifier.utils.limits import MAX_SIDE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -56,7 +57,7 @@ MAX_REQUEST_DECODED_BYTES = 2 * MAX_IMAGE_DECODED_BYTES
 # A JPEG more than twice this size on its longer side is decoded at a reduced scale (DCT scaling,
 # Pillow's ``draft``) to no less than this size: the predictor's MAX_SIDE, to which it downscales
 # any larger image anyway. Smaller JPEGs, every CT slice among them, decode exactly as before.
-JPEG_DRAFT_SIDE = 2048
+JPEG_DRAFT_SIDE = MAX_SIDE  # ingestion drafts at the same side, so both decode alike
 # Seconds a request body may take to arrive in full, however steadily it trickles (each read also
 # waits at most serving.read_timeout_seconds). 10 MB in 90 s is 0.9 Mbit/s.
 # [serving.body_deadline_seconds]
