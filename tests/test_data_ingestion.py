@@ -124,6 +124,11 @@ def test_zip_member_outside_the_archive_is_refused(project, tmp_path):
     assert not (tmp_path.parent / "escaped.png").exists()
 
 
+def test_an_external_test_set_of_copies_is_refused_with_the_reason(project, kaggle_folder):
+    with pytest.raises(DataSourceError, match="external_test .* left after removing copies of ingested images"):
+        ingest(project, str(kaggle_folder), external_test=str(kaggle_folder))
+
+
 def test_a_zip_bomb_is_refused_before_anything_is_extracted(project, tmp_path):
     archive = tmp_path / "bomb.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:

@@ -4,6 +4,7 @@ class weights, head selection by cross-validation, the drift reference, and fine
 import dataclasses
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 
 from cancer_classifier.components.data_ingestion import DataIngestion
@@ -20,7 +21,7 @@ from cancer_classifier.components.heads import (
 from cancer_classifier.components.prepare_base_model import PrepareBaseModel
 from cancer_classifier.components.training import Training
 from cancer_classifier.modeling import build_head, load_classifier
-from cancer_classifier.utils.common import load_json
+from cancer_classifier.utils.common import StageInputError, load_json
 
 
 def test_a_feature_constant_in_training_does_not_explode_on_new_data():
@@ -78,6 +79,13 @@ def test_head_selection_cross_validates_every_candidate_and_refits_the_best(trai
     assert report["rows"] == 80 and report["refit"] == "train + val" and "cross-validated" in report["reason"]
     assert best > 0.95  # the classes are separable in the first dimensions
     assert (head.predict(features, verbose=0).argmax(axis=1) == labels).mean() > 0.9
+
+
+def test_too_few_image_groups_for_the_folds_is_a_clear_error(trained_project):
+    features, labels, _ = separable_features(40, 2, 1)
+    groups = np.where(labels == 0, np.arange(40) % 5, 100)  # class 1: one group of near-duplicates
+    with pytest.raises(StageInputError, match="class 1 has 1 distinct image group.*training.head.cv_folds"):
+        select_head(HeadTrainer(trained_project.training(), 2, 8, 0.1), features, labels, groups, folds=3, seed=0)
 
 
 def test_features_are_cached_per_view_and_the_head_trains_on_them(trained_project):

@@ -302,6 +302,13 @@ class DataIngestion:
         copies = copies_of_known(unique, ingested, config.near_duplicate_distance)
         kept = [r for r, copy in zip(unique, copies) if not copy]
         counts = {c: sum(r.label == c for r in kept) for c in config.classes}
+        missing = [c for c, n in counts.items() if n == 0]
+        if missing:  # macro ROC-AUC needs every class; an empty set would silently vanish
+            raise DataSourceError(
+                f"config data_ingestion.external_test ({config.external_test}): no image of class(es) {missing} is "
+                f"left after removing copies of ingested images ({sum(copies)} removed of {len(unique)} distinct): "
+                "point it at an independent test set"
+            )
         logger.info(
             "external test: %d files, %d distinct, %d copies of ingested images removed, %d kept: %s",
             len(files),

@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import build_head
+from cancer_classifier.utils.common import StageInputError
 from cancer_classifier.utils.logging import logger
 
 
@@ -123,7 +124,8 @@ def roc_auc(y: np.ndarray, probabilities: np.ndarray) -> float:
 
 def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """About a sixth of a fold's training rows, whole groups, for the MLP's early stopping."""
-    fit, stop = next(StratifiedGroupKFold(6, shuffle=True, random_state=seed).split(y, y, groups))
+    splits = max(2, min(6, *(len(set(groups[y == label])) for label in set(y))))
+    fit, stop = next(StratifiedGroupKFold(splits, shuffle=True, random_state=seed).split(y, y, groups))
     return fit, stop
 
 
@@ -131,6 +133,13 @@ def select_head(
     trainer: HeadTrainer, x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int
 ) -> tuple[keras.Model, dict]:
     """Cross-validate every candidate, refit the best on all rows; the head and a report of the choice."""
+    for label in range(trainer.n_classes):
+        distinct = len(set(groups[y == label]))
+        if distinct < folds + 1:  # each fold holds out whole groups; the MLP's inner split needs one more
+            raise StageInputError(
+                f"class {label} has {distinct} distinct image group(s) in train + val, too few for "
+                f"{folds}-fold cross-validation: lower params.yaml training.head.cv_folds or add images"
+            )
     splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups))
     results, epochs = {}, {}
     for candidate in candidates(trainer.config):

@@ -54,6 +54,7 @@ def build_model_card(report: dict, data: dict, base: dict, training: dict) -> di
         },
         "external_test": report["external"],
         "serving_precision": report["serving_precision"],
+        "model_sha256": report["model_sha256"],  # the app serves bfloat16 only for this very file
         "shortcut_baseline": report["baseline"] | {"warning": report["shortcut_warning"]},
         "model_input_baseline": report["input_baseline"],
         "known_limits": known_limits(report, data),

@@ -21,7 +21,7 @@ from cancer_classifier.modeling import intended_use, load_classifier, resolve_pr
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
 from cancer_classifier.scoring import Scorer
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
-from cancer_classifier.utils.common import load_json
+from cancer_classifier.utils.common import load_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
 RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register one"
@@ -162,6 +162,17 @@ def load_input_reference(path: Path) -> dict | None:
         return None
 
 
+def servable_precisions(card: ModelCard, model_path: Path) -> list[str] | None:
+    """The evaluation's verdict, only if its card describes this very model file (not a stale one)."""
+    if not card.available:
+        return None
+    document = card.document()
+    if document.get("model_sha256") != sha256_file(model_path):
+        logger.warning("the model card describes another model than %s (retrained since?): float32 only", model_path)
+        return None
+    return document.get("serving_precision", {}).get("servable")
+
+
 def served_precision(requested: str, servable: list[str] | None, model: str) -> str:
     """float32, or bfloat16 where it is requested (or ``auto`` on a CPU with native bfloat16) and the
     evaluation stage measured it harmless for this very model."""
@@ -259,7 +270,7 @@ class Predictor:
         )
         ood = load_ood_reference(config.model_dir / REFERENCE_FILE, f"the model in {config.model_dir}")
         card = ModelCard(config.model_card_file)
-        servable = card.document().get("serving_precision", {}).get("servable") if card.available else None
+        servable = servable_precisions(card, model_path)
         precision = served_precision(config.precision, servable, f"{name} version {version}")
         predictor = cls(model, info, ood, card, precision)
         predictor.input_reference = load_input_reference(config.model_dir / INPUT_REFERENCE_FILE)
