@@ -106,7 +106,11 @@ def vgg16_base(image_size: int, weights: str) -> keras.Model:
 def build_head(kind: str, n_classes: int, dense_units: int, dropout: float) -> keras.Sequential:
     """The classifier on pooled features, always float32: ``logistic`` (standardise, softmax) or ``mlp``
     (standardise, dropout, one hidden ReLU layer, dropout, softmax)."""
-    hidden = [layers.Dropout(dropout), layers.Dense(dense_units, activation="relu"), layers.Dropout(dropout)]
+    hidden = [
+        layers.Dropout(dropout, dtype="float32"),
+        layers.Dense(dense_units, activation="relu", dtype="float32"),
+        layers.Dropout(dropout, dtype="float32"),
+    ]
     return keras.Sequential(
         [
             keras.Input((VGG16_FEATURES,)),

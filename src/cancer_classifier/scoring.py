@@ -36,7 +36,7 @@ class Scorer:
         self.network = keras.Model(inputs, [features, self.head(features)], name=f"scorer_{precision}")
 
     @property
-    def classes(self) -> int:
+    def n_classes(self) -> int:
         return int(self.head.output_shape[-1])
 
     def score(self, harmonised: np.ndarray | tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +54,8 @@ class Scorer:
                 probabilities.append(p)
                 bar.update(len(p))
         if not probabilities:
-            return np.zeros((0, int(self.pooling.output.shape[-1])), "float32"), np.zeros((0, self.classes), "float32")
+            features_size = int(self.pooling.output.shape[-1])
+            return np.zeros((0, features_size), "float32"), np.zeros((0, self.n_classes), "float32")
         return np.concatenate(features), np.concatenate(probabilities)
 
     def score_files(self, paths: list[str], batch_size: int = 16, what: str = "scoring") -> tuple[np.ndarray, ...]:

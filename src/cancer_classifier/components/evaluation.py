@@ -181,7 +181,7 @@ def scores_of_agreement(serving: dict) -> dict:
         "roc_auc": round(test["bfloat16_metrics"]["roc_auc"], 4),
         "label_changes": test["label_changes"],
         "max_probability_difference": round(test["max_probability_difference"], 4),
-        "servable": "mixed_bfloat16" in serving["servable"],
+        "servable": BFLOAT16 in serving["servable"],
     }
 
 
@@ -206,14 +206,14 @@ class Evaluation:
             for a in agreements.values()
         )
         tolerance = f"at most {config.bfloat16_label_changes} label change(s), ROC-AUC within {config.bfloat16_roc_auc}"
-        worst = ", ".join(
+        measured = ", ".join(
             f"{split}: {a['label_changes']} label change(s), ROC-AUC {a['roc_auc_change']:+.4f}"
             for split, a in agreements.items()
         )
         verdict = (
-            f"bfloat16 may be served ({worst}; allowed: {tolerance})"
+            f"bfloat16 may be served ({measured}; allowed: {tolerance})"
             if within
-            else f"bfloat16 is NOT served: it differs from float32 beyond the tolerance ({worst}; "
+            else f"bfloat16 is NOT served: it differs from float32 beyond the tolerance ({measured}; "
             f"allowed: {tolerance}); the app serves this model in float32"
         )
         (logger.info if within else logger.warning)(verdict)

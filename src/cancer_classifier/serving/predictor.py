@@ -205,9 +205,9 @@ class Predictor:
         self.card = card or ModelCard()
         self.input_reference: dict | None = None  # the training images' statistics, for drift monitoring
         self.card.classes = info.classes
-        if self.scorer.classes != len(info.classes):
+        if self.scorer.n_classes != len(info.classes):
             raise ModelUnavailable(
-                f"the model has {self.scorer.classes} outputs but its metadata names {len(info.classes)} classes"
+                f"the model has {self.scorer.n_classes} outputs but its metadata names {len(info.classes)} classes"
             )
         self.ood = self._checked(ood)
         self.scorer.score_images([np.zeros((32, 32, 3), dtype=np.uint8)])  # the first call builds the graph
