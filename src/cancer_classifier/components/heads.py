@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 
+from cancer_classifier.components.metrics import headline_metrics
 from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import build_head
 from cancer_classifier.utils.common import StageInputError
@@ -44,6 +45,13 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     """Balanced weights: each class contributes equally to the loss."""
     counts = np.bincount(labels, minlength=n_classes)
     return {c: float(len(labels) / (n_classes * counts[c])) for c in range(n_classes) if counts[c]}
+
+
+def early_stopping(config: TrainingConfig) -> keras.callbacks.EarlyStopping:
+    """Stop when validation loss stops improving, keeping the best epoch (the MLP head and fine-tuning)."""
+    return keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+    )
 
 
 def standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +106,6 @@ class HeadTrainer:
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        stop = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
-        )
         history = head.fit(
             x,
             y,
@@ -108,18 +113,11 @@ class HeadTrainer:
             batch_size=config.batch_size,
             epochs=config.epochs if validation else max(1, epochs),
             class_weight=class_weights(y, self.n_classes) if config.class_weights else None,
-            callbacks=[stop] if validation else [],
+            callbacks=[early_stopping(config)] if validation else [],
             verbose=0,
         )
         losses = history.history.get("val_loss")
         return int(np.argmin(losses)) + 1 if losses else len(history.history["loss"])
-
-
-def roc_auc(y: np.ndarray, probabilities: np.ndarray) -> float:
-    """Binary: of class 1; more classes: macro one-vs-rest (as the evaluation's headline)."""
-    if probabilities.shape[1] == 2:
-        return float(roc_auc_score(y, probabilities[:, 1]))
-    return float(roc_auc_score(y, probabilities, multi_class="ovr", average="macro"))
 
 
 def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +152,7 @@ def select_head(
             out_of_fold[held_rows] = keras.ops.convert_to_numpy(head(x[held_rows], training=False))
             best_epochs.append(epoch)
         results[candidate.name] = {
-            "cv_roc_auc": roc_auc(y, out_of_fold),
+            "cv_roc_auc": headline_metrics(y, out_of_fold, positive=1)["roc_auc"],  # as the evaluation's
             "cv_log_loss": float(log_loss(y, out_of_fold / out_of_fold.sum(axis=1, keepdims=True),
                                           labels=range(trainer.n_classes))),
         }

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files, split_rows
 from cancer_classifier.components.features import augmenter, extract_features, load_features
-from cancer_classifier.components.heads import HeadTrainer, class_weights, select_head
+from cancer_classifier.components.heads import HeadTrainer, class_weights, early_stopping, select_head
 from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import intended_use, load_classifier, resolve_precision, unfreeze_last_blocks, with_head
 from cancer_classifier.ood import REFERENCE_FILE, fit_reference
@@ -64,11 +64,6 @@ class Training:
         self.base_info = load_json(config.base_model_dir / "base_model_info.json")
         self.precision = resolve_precision(config.precision)
 
-    def early_stopping(self) -> keras.callbacks.EarlyStopping:
-        return keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=self.config.early_stopping_patience, restore_best_weights=True
-        )
-
     def fine_tune(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
         """Train the last conv blocks and the head end to end, through the scoring path in its precision."""
         config = self.config
@@ -94,7 +89,7 @@ class Training:
         history = end_to_end.fit(
             train_ds, validation_data=labelled(*val).batch(config.batch_size), epochs=config.fine_tune_epochs,
             class_weight=class_weights(train[1], n_classes) if config.class_weights else None,
-            callbacks=[self.early_stopping(), MlflowEpochLogger("fine_tune_")], verbose=2,
+            callbacks=[early_stopping(config), MlflowEpochLogger("fine_tune_")], verbose=2,
         )
         model.get_layer("vgg16").set_weights(scorer.base.get_weights())  # a bfloat16 copy keeps float32 weights
         return history.history
