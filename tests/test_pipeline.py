@@ -1,11 +1,13 @@
 """Stages 3-5 on the tiny synthetic project: held-out evaluation, outputs, MLflow registry and gate."""
 
+import base64
 import csv
 import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -72,9 +74,13 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     assert any(name.startswith("cv_roc_auc_") for name in training_run.data.metrics)  # the head selection
     paths, _ = split_files(trained_project.evaluation().data_dir, "test")
     image = decode_image(Path(paths[0]).read_bytes())[None].astype("float32")  # raw: the model harmonises
-    served = mlflow.pyfunc.load_model(f"models:/{tracking.registered_model}@{tracking.alias}").predict(image)
+    # The registered model is a pyfunc that takes the file itself, as base64, as the app takes an upload.
+    registered = mlflow.pyfunc.load_model(f"models:/{tracking.registered_model}@{tracking.alias}")
+    served = registered.predict(pd.DataFrame({"image": [base64.b64encode(Path(paths[0]).read_bytes()).decode()]}))
     local = load_classifier(trained_project.training().root_dir / "model.keras").predict(image, verbose=0)
-    assert np.allclose(np.asarray(served), local, atol=1e-6)
+    assert list(served[0]["probabilities"]) == list(load_json(trained_project.training().root_dir / "class_indices.json"))
+    assert np.allclose(list(served[0]["probabilities"].values()), local[0], atol=1e-5)
+    assert served[0]["precision"] == "float32" and served[0]["in_distribution"] in (True, False)
 
 
 def test_evaluation_scores_both_precisions_and_records_which_may_be_served(trained_project):

@@ -155,10 +155,16 @@ def unfreeze_last_blocks(base: keras.Model, blocks: int) -> None:
         layer.trainable = layer.name.startswith(trainable)
 
 
+MODEL_FILE = "model.keras"  # the trained classifier, as training writes it and serving reads it
+INPUT_REFERENCE_FILE = "input_reference.json"  # the training images' statistics, for drift monitoring
+
+
 def load_classifier(path: Path) -> keras.Model:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found: run the stage that writes it first (dvc repro)")
-    return keras.models.load_model(path, compile=False)
+    # safe_mode: a .keras file holding a lambda or pickled code is refused, never run; our own layers
+    # are registered by importing this module.
+    return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def intended_use(demo: bool) -> str:

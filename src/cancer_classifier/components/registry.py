@@ -6,28 +6,33 @@ split through the same scoring path, so like is compared with like, and a failur
 champion stops the stage instead of promoting.
 """
 
+import base64
 import csv
+import json
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
-import mlflow.tensorflow
 import numpy as np
-from mlflow.entities.model_registry import ModelVersion
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
 
-from cancer_classifier.components.dataset import image_batches, split_files, split_rows
+import cancer_classifier
+from cancer_classifier.components.dataset import split_files, split_rows
 from cancer_classifier.components.metrics import headline_metrics
 from cancer_classifier.entity import RegistryConfig
-from cancer_classifier.modeling import Harmonise, intended_use, load_classifier
+from cancer_classifier.modeling import INPUT_REFERENCE_FILE, MODEL_FILE, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE
+from cancer_classifier.registration import ModelStore, Version, register
 from cancer_classifier.scoring import Scorer
-from cancer_classifier.tracking import use_experiment
+from cancer_classifier.tracking import connect, public_uri, tracking_errors
 from cancer_classifier.utils.common import StageInputError, atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
@@ -71,30 +76,22 @@ class Challenger:
     test_images: int
 
 
-def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version ``alias`` points to; None only when there is no such model or alias yet.
-
-    Any other failure (server unreachable, no permission) is raised: it must never count as
-    "no champion", which would promote a model that is not better.
-    """
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    if alias not in (model.aliases or {}):
-        return None
-    return client.get_model_version(name, model.aliases[alias])
+def champion_metadata(champion: Version) -> tuple[bool, tuple[str, ...]]:
+    """Whether the champion is a demo, and its classes: from its tags, else its model's metadata."""
+    tags = champion.tags
+    if "classes" in tags:
+        return tags.get("demo", "true").lower() == "true", tuple(json.loads(tags["classes"]))
+    metadata = mlflow.models.get_model_info(champion.model_uri).metadata or {}  # registered before the tag
+    demo = str(tags.get("demo", metadata.get("demo", True))).lower() == "true"
+    return demo, tuple(metadata.get("classes") or ())
 
 
 def promotion_decision(
-    client: MlflowClient,
-    name: str,
+    champion: Version | None,
     alias: str,
     metric: str,
     challenger: Challenger,
-    compare: Callable[[ModelVersion], Comparison],
+    compare: Callable[[Version], Comparison],
 ) -> dict:
     """Whether the challenger should become ``alias``, decided before anything is registered.
 
@@ -103,13 +100,10 @@ def promotion_decision(
     real data always replaces a demo champion and a demo never displaces a real one; otherwise
     models for other classes never compete.
     """
-    champion = champion_version(client, name, alias)
     if champion is None:
         return {"promote": True, "comparison": "none", "reason": f"no '{alias}' yet: this version becomes it"}
-    metadata = mlflow.models.get_model_info(f"models:/{name}/{champion.version}").metadata or {}
-    classes = tuple(metadata.get("classes") or ())
-    demo = str(champion.tags.get("demo", metadata.get("demo", True))).lower() == "true"
-    decision = {"champion_version": str(champion.version), "champion_demo": demo}
+    demo, classes = champion_metadata(champion)
+    decision = {"champion_version": champion.version, "champion_demo": demo}
     if demo != challenger.demo:
         return decision | {
             "promote": not challenger.demo,
@@ -140,7 +134,7 @@ def promotion_decision(
     }
 
 
-def champion_training_images(champion: ModelVersion) -> set[str] | None:
+def champion_training_images(champion: Version) -> set[str] | None:
     """Pixel hashes of the champion's train and val images, from the manifest logged with it (None if absent)."""
     try:
         path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="data/manifest.csv")
@@ -160,14 +154,44 @@ def evaluated_probabilities(predictions: Path, classes: list[str]) -> dict[str, 
         }
 
 
-def apply_promotion(client: MlflowClient, name: str, alias: str, version: str, decision: dict) -> None:
-    """Move the alias if the decision says so, and tag the version with the reason either way."""
-    if decision["promote"]:
-        client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "promotion", decision["reason"])
+def champion_files(champion: Version, pattern: str) -> Path:
+    """The champion's model file matching ``pattern``, downloaded; never a pickle (nothing runs on load)."""
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.model_uri, dst_path=tempfile.mkdtemp()))
+    found = sorted(folder.rglob(pattern))
+    if not found:
+        raise StageInputError(
+            f"the champion (version {champion.version}) has no {pattern} file: it was registered in a format that "
+            "loads only by unpickling code, which is never done; re-register it with this version of the project "
+            "or compare by hand"
+        )
+    return found[0]
 
 
-SERVING_FILES = ("model_metadata.json", "class_indices.json", "input_reference.json", REFERENCE_FILE)
+# The model's code for MLflow's scoring server, run by it, never imported here (it imports the app).
+PYFUNC_CODE = Path(cancer_classifier.__file__).parent / "serving" / "mlflow_model.py"
+# What serving reads beside the model: the training stage's files and the evaluation's model card.
+SERVING_FILES = ("model_metadata.json", "class_indices.json", INPUT_REFERENCE_FILE, REFERENCE_FILE)
+CARD_FILES = ("model_card.json", "model_card.md")
+# Installed into the environment `mlflow models serve` builds for the model (pinned to these versions).
+SERVING_PACKAGES = (
+    "mlflow",
+    "tensorflow-cpu",
+    "keras",
+    "numpy",
+    "pandas",
+    "pillow",
+    "scikit-learn",
+    "matplotlib",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "ImageHash",
+    "PyYAML",
+    "python-box",
+    "tqdm",
+    "Flask",
+    "prometheus_client",
+)
 
 
 class ModelRegistry:
@@ -177,52 +201,52 @@ class ModelRegistry:
     def run(self) -> dict:
         config, tracking = self.config, self.config.tracking
         evaluation = load_json(config.evaluation_dir / "evaluation.json")
-        if evaluation.get("model_sha256") != sha256_file(config.model_dir / "model.keras"):
+        if evaluation.get("model_sha256") != sha256_file(config.model_dir / MODEL_FILE):
             raise StageInputError(
                 f"{config.evaluation_dir / 'evaluation.json'} scored another model than "
-                f"{config.model_dir / 'model.keras'} (retrained since): run the evaluation stage first (dvc repro)"
+                f"{config.model_dir / MODEL_FILE} (retrained since): run the evaluation stage first (dvc repro)"
             )
-        training = load_json(config.model_dir / "training_info.json")
         base = load_json(config.base_model_dir / "base_model_info.json")
         demo = evaluation["demo"]
         tags = {
             "demo": str(demo).lower(),
+            "classes": json.dumps(evaluation["classes"]),
             "intended_use": intended_use(demo),
+            "model_sha256": evaluation["model_sha256"],
+            "servable_precisions": ",".join(evaluation["serving_precision"]["servable"]),
             "git_commit": git_commit(),
             "data_manifest_sha256": sha256_file(config.data_dir / "manifest.csv"),
             "base_weights": base["weights"],
             "base_weights_provenance": base["description"]
             + (f" (sha256 {base['sha256']})" if "sha256" in base else ""),
         }
-        use_experiment(tracking)
-        client = MlflowClient()
-        name, metric = tracking.registered_model, config.promotion_metric
+        server = connect(tracking, "register")
+        store = ModelStore(server, tracking.registered_model, tracking.alias)
+        metric = config.promotion_metric
         challenger = Challenger(
             evaluation["metrics"][metric], demo, tuple(evaluation["classes"]), evaluation["test_images"]
         )
-        decision = promotion_decision(client, name, tracking.alias, metric, challenger, self.compare)
-        # Each registration is a child of the training run, so re-evaluating a model never
-        # collides with the parameters already logged there.
-        with (
-            mlflow.start_run(run_id=training["mlflow_run_id"]),
-            mlflow.start_run(run_name="evaluate-register", nested=True),
-        ):
+        champion = store.champion()
+        with tracking_errors(tracking.tracking_uri, "comparing with the champion"):
+            decision = promotion_decision(champion, tracking.alias, metric, challenger, self.compare)
+
+        def log() -> None:
             mlflow.set_tags(tags)
             mlflow.log_params(config.params)
             mlflow.log_metrics(evaluation_metrics(evaluation))
-            mlflow.set_tag("servable_precisions", ",".join(evaluation["serving_precision"]["servable"]))
             mlflow.log_artifacts(str(config.evaluation_dir), artifact_path="evaluation")
             mlflow.log_artifact(str(config.data_dir / "data_report.json"), artifact_path="data")
             # which images trained and tested this version: a later challenger's comparison leaves them out
             mlflow.log_artifact(str(config.data_dir / "manifest.csv"), artifact_path="data")
-            for file in SERVING_FILES:  # what serving needs beside the model, for registry mode
-                mlflow.log_artifact(str(config.model_dir / file), artifact_path="serving")
-            version = self.log_model(demo, tags, evaluation["serving_precision"]["servable"])
-            apply_promotion(client, name, tracking.alias, version, decision)
-            mlflow.set_tags({"promotion": decision["reason"], "promotion_comparison": decision["comparison"]})
+
+        training = load_json(config.model_dir / "training_info.json")
+        version = register(store, decision, champion, training, log, self.save_model, tags)
         record = {
-            "registered_model": name,
-            "version": version,
+            "registered_model": tracking.registered_model,
+            "version": version.version,
+            "model_uri": version.model_uri,
+            "model_store": server.model_store,
+            "tracking_uri": public_uri(server.uri),
             "promoted": decision["promote"],
             "alias": tracking.alias,
             "metric": metric,
@@ -231,10 +255,16 @@ class ModelRegistry:
         }
         with atomic_directory(config.root_dir) as out:
             save_json(out / "registration.json", record)
-        logger.info("registered %s version %s: %s", name, version, decision["reason"])
+        logger.info(
+            "registered %s version %s in %s: %s",
+            tracking.registered_model,
+            version.version,
+            server.model_store,
+            decision["reason"],
+        )
         return record
 
-    def compare(self, champion: ModelVersion) -> Comparison:
+    def compare(self, champion: Version) -> Comparison:
         """Champion and this model on this model's test images that the champion never trained on."""
         config = self.config
         rows = split_rows(config.data_dir, "test")
@@ -249,7 +279,7 @@ class ModelRegistry:
         y_true = np.array([classes.index(row["label"]) for row in kept])
         ours = evaluated_probabilities(config.evaluation_dir / "predictions.csv", classes)
         challenger = np.array([ours[Path(row["file"]).name] for row in kept])
-        model = mlflow.tensorflow.load_model(f"models:/{config.tracking.registered_model}/{champion.version}")
+        model = load_classifier(champion_files(champion, f"*{Path(MODEL_FILE).suffix}"))
         paths = [str(config.data_dir / row["file"]) for row in kept]
         theirs = Scorer(model).score_files(paths, what=f"champion version {champion.version}")[1]
         positive = classes.index(config.positive_class)
@@ -266,30 +296,31 @@ class ModelRegistry:
             note,
         )
 
-    def log_model(self, demo: bool, tags: dict[str, str], servable: list[str]) -> str:
-        model = load_classifier(self.config.model_dir / "model.keras")
-        classes = list(load_json(self.config.model_dir / "class_indices.json"))
-        example_path = split_files(self.config.data_dir, "test")[0][:1]
-        # A small raw image: the model takes any size and harmonises it itself.
-        example = next(iter(image_batches(example_path, Harmonise(64, harmonise=False), 1))).numpy()
-        info = mlflow.tensorflow.log_model(
-            model,
-            name="model",
-            signature=ModelSignature(  # any image size: the model harmonises it itself
-                inputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, -1, 3), "image")]),
-                outputs=Schema([TensorSpec(np.dtype("float32"), (-1, len(classes)), "probabilities")]),
-            ),
-            input_example=example,
-            registered_model_name=self.config.tracking.registered_model,
-            metadata={
-                "classes": classes,
-                "demo": demo,
-                "intended_use": tags["intended_use"],
-                "servable_precisions": servable,  # measured by the evaluation stage
-            },
-        )
-        version = str(info.registered_model_version)
-        client = MlflowClient()
-        for key, value in tags.items():
-            client.set_model_version_tag(self.config.tracking.registered_model, version, key, value)
-        return version
+    def save_model(self, path: Path) -> None:
+        """The model as an MLflow pyfunc: the serving files the app reads, and the code that serves
+        them by MLflow's scoring server (serving/mlflow_model.py), with no pickled object."""
+        config = self.config
+        with tempfile.TemporaryDirectory(prefix="serving-") as staging:
+            files = Path(staging) / "serving"
+            files.mkdir()
+            for name in (MODEL_FILE, *SERVING_FILES):
+                shutil.copy2(config.model_dir / name, files / name)
+            for name in CARD_FILES:
+                shutil.copy2(config.evaluation_dir / name, files / name)
+            example = self.example_image()
+            mlflow.pyfunc.save_model(
+                path,
+                python_model=str(PYFUNC_CODE),
+                artifacts={"serving": str(files)},
+                code_paths=[str(Path(cancer_classifier.__file__).parent)],
+                pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES],
+                signature=ModelSignature(inputs=Schema([ColSpec("string", "image")])),
+                input_example=pd.DataFrame({"image": [example]}),
+                metadata={"classes": list(load_json(config.model_dir / "class_indices.json"))},
+            )
+
+    def example_image(self) -> str:
+        """The smallest test image, as base64: what a client of the scoring server sends."""
+        paths = split_files(self.config.data_dir, "test")[0]
+        smallest = min(paths, key=lambda p: Path(p).stat().st_size)
+        return base64.b64encode(Path(smallest).read_bytes()).decode("ascii")

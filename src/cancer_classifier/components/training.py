@@ -17,10 +17,17 @@ from cancer_classifier.components.dataset import dataset_info, image_batches, sp
 from cancer_classifier.components.features import augmenter, extract_features, load_features
 from cancer_classifier.components.heads import HeadTrainer, class_weights, early_stopping, select_head
 from cancer_classifier.entity import TrainingConfig
-from cancer_classifier.modeling import intended_use, load_classifier, resolve_precision, unfreeze_last_blocks, with_head
+from cancer_classifier.modeling import (
+    INPUT_REFERENCE_FILE,
+    intended_use,
+    load_classifier,
+    resolve_precision,
+    unfreeze_last_blocks,
+    with_head,
+)
 from cancer_classifier.ood import REFERENCE_FILE, fit_reference
 from cancer_classifier.scoring import Scorer
-from cancer_classifier.tracking import use_experiment
+from cancer_classifier.tracking import public_uri, tracking_errors, use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
 
@@ -116,9 +123,12 @@ class Training:
         model = load_classifier(config.base_model_dir / "base_model.keras")
         cached = load_features(config.features_dir)
         train, val = split_files(config.data_dir, "train"), split_files(config.data_dir, "val")
-        experiment_id = use_experiment(config.tracking)
+        experiment_id = use_experiment(config.tracking, "training")
         started = time.perf_counter()
-        with mlflow.start_run(experiment_id=experiment_id) as run:
+        with (
+            tracking_errors(config.tracking.tracking_uri, "training"),
+            mlflow.start_run(experiment_id=experiment_id) as run,
+        ):
             mlflow.set_tags({"stage": "training", "demo": str(info["demo"]).lower()})
             model, selection = self.choose_head(model, cached, classes)
             mlflow.set_tags({"head": selection["chosen"], "head_reason": selection["reason"]})
@@ -138,7 +148,7 @@ class Training:
         with atomic_directory(config.root_dir) as out:
             model.save(out / "model.keras")
             ood.save(out / REFERENCE_FILE)
-            save_json(out / "input_reference.json", input_reference(config.data_dir, classes))
+            save_json(out / INPUT_REFERENCE_FILE, input_reference(config.data_dir, classes))
             save_json(out / "class_indices.json", {name: i for i, name in enumerate(classes)})
             save_json(out / "model_metadata.json", {
                 "classes": classes,
@@ -151,6 +161,7 @@ class Training:
             save_json(out / "history.json", history)
             save_json(out / "training_info.json", {
                 "mlflow_run_id": run.info.run_id,
+                "mlflow_tracking_uri": public_uri(config.tracking.tracking_uri),  # where that run is
                 "seed": config.seed,
                 "train_images": len(train[0]),
                 "val_images": len(val[0]),

@@ -14,6 +14,7 @@ from cancer_classifier.entity import (
     DecodeBudgetConfig,
     EvaluationConfig,
     FeaturesConfig,
+    HttpLimits,
     MonitoringConfig,
     PrepareBaseModelConfig,
     RegistryConfig,
@@ -79,6 +80,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "experiment": str,
         "registered_model": str,
         "alias": str,
+        "http_max_retries": int,
+        "http_timeout_seconds": int,
+        "http_backoff_factor": int,
     },
     "tabular": dict,  # the tabular tasks: checked by config/tabular.py
 }
@@ -445,6 +449,9 @@ class ConfigurationManager:
             experiment=tracking["experiment"],
             registered_model=tracking["registered_model"],
             alias=tracking["alias"],
+            http=HttpLimits(
+                tracking["http_max_retries"], tracking["http_timeout_seconds"], tracking["http_backoff_factor"]
+            ),
         )
 
     def serving(self) -> ServingConfig:

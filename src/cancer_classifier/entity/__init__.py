@@ -4,6 +4,7 @@ from cancer_classifier.entity.config_entity import (
     DecodeBudgetConfig,
     EvaluationConfig,
     FeaturesConfig,
+    HttpLimits,
     MonitoringConfig,
     PrepareBaseModelConfig,
     RegistryConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "TabularServingConfig",
     "TabularTask",
     "TabularTrainingConfig",
+    "HttpLimits",
     "TrackingConfig",
     "TrainingConfig",
 ]

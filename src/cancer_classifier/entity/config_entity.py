@@ -103,12 +103,22 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """Bounds on every MLflow HTTP call (the standard MLFLOW_HTTP_REQUEST_* variables override them)."""
+
+    max_retries: int
+    timeout_seconds: int
+    backoff_factor: int
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     tracking_uri: str
     artifact_location: str | None
     experiment: str
     registered_model: str
     alias: str
+    http: HttpLimits
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from collections.abc import Callable
 
 from cancer_classifier.components.data_ingestion import DataSourceError
 from cancer_classifier.config import ConfigError
-from cancer_classifier.utils.common import StageInputError
+from cancer_classifier.utils.common import StageInputError, TrackingError
 from cancer_classifier.utils.images import ImageDecodeError
 from cancer_classifier.utils.logging import configure_logging, logger
 
-USER_ERRORS = (ConfigError, DataSourceError, ImageDecodeError, FileNotFoundError, StageInputError)
+USER_ERRORS = (ConfigError, DataSourceError, ImageDecodeError, FileNotFoundError, StageInputError, TrackingError)
 
 
 def run_stage(name: str, main: Callable[[], object]) -> None:

@@ -24,7 +24,7 @@ from flask import Flask, Request, g, request
 from cancer_classifier.entity import ServingConfig, TabularServingConfig
 from cancer_classifier.serving import inputs, metrics
 from cancer_classifier.serving.errors import ServiceUnavailable, register_error_handlers
-from cancer_classifier.serving.inputs import Window
+from cancer_classifier.serving.inputs import DEFAULT_WINDOW, Window
 from cancer_classifier.serving.logs import configure_json_logging
 from cancer_classifier.serving.monitoring import DriftMonitor
 from cancer_classifier.serving.predictor import ModelUnavailable, Predictor
@@ -169,7 +169,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["serving_config"] = config
     app.extensions["monitor"] = DriftMonitor(config.monitoring) if config else None
     app.extensions["dicom_window"] = (
-        Window(config.dicom_window_center, config.dicom_window_width) if config else Window(-600.0, 1500.0)
+        Window(config.dicom_window_center, config.dicom_window_width) if config else DEFAULT_WINDOW
     )
 
     access_log = configure_json_logging()

@@ -92,6 +92,9 @@ class Window:
         return np.clip(hu, 0.0, 1.0, out=hu)
 
 
+DEFAULT_WINDOW = Window(-600.0, 1500.0)  # the lung window, as serving.dicom_window in config/config.yaml
+
+
 @dataclass(frozen=True)
 class Probe:
     """What an upload declares before decoding: its kind, pixel count and decoded bytes."""

@@ -9,7 +9,6 @@ evaluation measured as harmless for this model (float32 unless bfloat16 was).
 """
 
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -17,22 +16,37 @@ from pathlib import Path
 import numpy as np
 
 from cancer_classifier.entity import ServingConfig
-from cancer_classifier.modeling import intended_use, load_classifier, resolve_precision
+from cancer_classifier.modeling import (
+    INPUT_REFERENCE_FILE,
+    MODEL_FILE,
+    intended_use,
+    load_classifier,
+    resolve_precision,
+)
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
 from cancer_classifier.scoring import Scorer
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
-from cancer_classifier.utils.common import load_json, sha256_file
+from cancer_classifier.utils.common import TrackingError, load_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
 RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register one"
-# Artifacts the register stage logs with each version's run (see components/registry.py).
-REGISTRY_OOD_ARTIFACT = f"serving/{REFERENCE_FILE}"
-INPUT_REFERENCE_FILE = "input_reference.json"
-REGISTRY_CARD_ARTIFACTS = ("evaluation/model_card.json", "evaluation/model_card.md")
+MODEL_CARD_FILE = "model_card.json"
+# Where a registered model keeps the serving files (an MLflow pyfunc's artifacts; components/registry.py).
+REGISTERED_FILES = Path("artifacts") / "serving"
 
 
 class ModelUnavailable(Exception):
     """No model can be served; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which model a folder of files is: its registered name and version, and where it came from."""
+
+    name: str
+    version: str
+    promoted: bool | None
+    source: str  # "local" (pipeline artifacts) or "registry"
 
 
 @dataclass(frozen=True)
@@ -180,8 +194,7 @@ def served_precision(requested: str, servable: list[str] | None, model: str) -> 
     if wanted == "float32" or wanted in (servable or []):
         return wanted
     logger.warning(
-        "%s: %s requested, but the evaluation did not find it harmless for this model (servable: %s); "
-        "serving float32",
+        "%s: %s requested, but the evaluation did not find it harmless for this model (servable: %s); serving float32",
         model,
         wanted,
         servable or "not recorded",
@@ -242,7 +255,17 @@ class Predictor:
 
     @classmethod
     def _from_directory(cls, config: ServingConfig) -> "Predictor":
-        model_path, metadata_path = config.model_dir / "model.keras", config.model_dir / "model_metadata.json"
+        model_path = config.model_dir / MODEL_FILE
+        name, version, promoted = registration_record(
+            config.registration_file, model_path, config.tracking.registered_model
+        )
+        identity = Identity(name, version, promoted, "local")
+        return cls.from_files(config.model_dir, ModelCard(config.model_card_file), identity, config.precision)
+
+    @classmethod
+    def from_files(cls, folder: Path, card: ModelCard, identity: "Identity", precision: str) -> "Predictor":
+        """The model in ``folder`` (the training stage's files; a registered model holds the same)."""
+        model_path, metadata_path = folder / MODEL_FILE, folder / "model_metadata.json"
         if not model_path.is_file():
             logger.warning("no model at %s", model_path)
             raise ModelUnavailable(f"no trained model yet: {RUN_PIPELINE_HINT}")
@@ -254,94 +277,44 @@ class Predictor:
             classes, demo = tuple(metadata["classes"]), bool(metadata["demo"])
             model = load_classifier(model_path)
         except Exception:
-            logger.exception("loading the model from %s failed", config.model_dir)
+            logger.exception("loading the model from %s failed", folder)
             raise ModelUnavailable(f"the model could not be loaded (see the server log): {RUN_PIPELINE_HINT}") from None
-        name, version, promoted = registration_record(
-            config.registration_file, model_path, config.tracking.registered_model
-        )
         info = ModelInfo(
-            name=name,
-            version=version,
+            name=identity.name,
+            version=identity.version,
             demo=demo,
             intended_use=metadata.get("intended_use") or intended_use(demo),
             classes=classes,
-            source="local",
-            promoted=promoted,
+            source=identity.source,
+            promoted=identity.promoted,
         )
-        ood = load_ood_reference(config.model_dir / REFERENCE_FILE, f"the model in {config.model_dir}")
-        card = ModelCard(config.model_card_file)
+        ood = load_ood_reference(folder / REFERENCE_FILE, f"the model in {folder.name}")
         servable = servable_precisions(card, model_path)
-        precision = served_precision(config.precision, servable, f"{name} version {version}")
-        predictor = cls(model, info, ood, card, precision)
-        predictor.input_reference = load_input_reference(config.model_dir / INPUT_REFERENCE_FILE)
+        served = served_precision(precision, servable, f"{identity.name} version {identity.version}")
+        predictor = cls(model, info, ood, card, served)
+        predictor.input_reference = load_input_reference(folder / INPUT_REFERENCE_FILE)
         return predictor
 
     @classmethod
     def _from_registry(cls, config: ServingConfig) -> "Predictor":
-        import mlflow
-        import mlflow.tensorflow
-        from mlflow.tracking import MlflowClient
+        """The champion's files, downloaded once into a folder kept for the process's life."""
+        from cancer_classifier.registration import download_champion  # MLflow only in registry mode
 
         tracking = config.tracking
-        uri = f"models:/{tracking.registered_model}@{tracking.alias}"
         try:
-            mlflow.set_tracking_uri(tracking.tracking_uri)
-            version = MlflowClient().get_model_version_by_alias(tracking.registered_model, tracking.alias)
-            model = mlflow.tensorflow.load_model(uri)
-            metadata = mlflow.models.get_model_info(uri).metadata or {}
-            classes = tuple(metadata["classes"])
-        except Exception:
-            logger.exception("loading %s from the MLflow registry failed", uri)
+            downloaded = download_champion(tracking, f"loading models:/{tracking.registered_model}@{tracking.alias}")
+        except TrackingError as error:
+            logger.error("%s", error)
+            raise ModelUnavailable(str(error)) from None
+        files = downloaded.path / REGISTERED_FILES
+        if not (files / MODEL_FILE).is_file():
             raise ModelUnavailable(
-                f"{uri} could not be loaded from the MLflow registry (see the server log): {RUN_PIPELINE_HINT}"
-            ) from None
-        demo = str(version.tags.get("demo", metadata.get("demo", True))).lower() == "true"
-        info = ModelInfo(
-            name=tracking.registered_model,
-            version=str(version.version),
-            demo=demo,
-            intended_use=version.tags.get("intended_use") or intended_use(demo),
-            classes=classes,
-            source="registry",
-            promoted=True,
-        )
-        ood, card, input_reference = cls._registry_extras(version, uri)
-        precision = served_precision(config.precision, metadata.get("servable_precisions"), uri)
-        predictor = cls(model, info, ood, card, precision)
-        predictor.input_reference = input_reference
-        return predictor
-
-    @staticmethod
-    def _registry_extras(version, uri: str) -> tuple[OODReference | None, ModelCard, dict | None]:
-        """The OOD reference, the model card and the drift reference logged with the version's run;
-        any may be missing."""
-        import mlflow
-
-        def download(artifact: str, into: str) -> Path | None:
-            try:
-                path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=artifact, dst_path=into)
-                return Path(path)
-            except Exception as error:  # MlflowException, OSError...: an older version without it
-                logger.info("%s: no %s in run %s (%s)", uri, artifact, version.run_id, type(error).__name__)
-                return None
-
-        with tempfile.TemporaryDirectory(prefix="serving-") as folder:
-            reference = download(REGISTRY_OOD_ARTIFACT, folder) if version.run_id else None
-            ood = load_ood_reference(reference or Path(folder) / "missing", f"{uri} (run {version.run_id})")
-            drift = download(f"serving/{INPUT_REFERENCE_FILE}", folder) if version.run_id else None
-            input_reference = load_input_reference(drift or Path(folder) / "missing")
-            card_json, card_md = (download(a, folder) if version.run_id else None for a in REGISTRY_CARD_ARTIFACTS)
-            if card_json is None:
-                reason = f"{uri} was registered without a model card (evaluation/model_card.json)"
-                return ood, ModelCard(reason=reason), input_reference
-            try:
-                document = json.loads(card_json.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                logger.exception("%s: unreadable model card", uri)
-                reason = "the registered model card could not be read (see the server log)"
-                return ood, ModelCard(reason=reason), input_reference
-            markdown = card_md.read_text(encoding="utf-8") if card_md is not None else None
-        return ood, ModelCard(document=document, markdown=markdown), input_reference
+                f"{tracking.registered_model} version {downloaded.version} was registered in an older format whose "
+                "model loads only by unpickling code, which this app refuses: re-register it with "
+                "`dvc repro -f -s register`"
+            )
+        identity = Identity(tracking.registered_model, downloaded.version, True, "registry")
+        return cls.from_files(files, ModelCard(files / MODEL_CARD_FILE), identity, config.precision)
 
     # -- predicting ------------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ class StageInputError(RuntimeError):
     """A stage's input is missing or stale; the message says which and what to run."""
 
 
+class TrackingError(RuntimeError):
+    """A tracking server could not do what was asked; the message names it and what to do."""
+
+
 YAML_BOOL = "tag:yaml.org,2002:bool"
 
 
