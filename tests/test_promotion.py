@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cancer_classifier.components.data_ingestion import DataIngestion
@@ -22,8 +21,9 @@ from cancer_classifier.components.registry import Challenger, Comparison, ModelR
 from cancer_classifier.components.synthetic import write_phantoms
 from cancer_classifier.components.training import Training
 from cancer_classifier.config import ConfigurationManager
-from cancer_classifier.tracking import use_experiment
-from cancer_classifier.utils.common import load_json
+from cancer_classifier.registration import ModelStore
+from cancer_classifier.tracking import connect, use_experiment
+from cancer_classifier.utils.common import StageInputError, TrackingError, load_json
 from tests.conftest import TINY_PARAMS, merge, run_pipeline, write_project
 
 # One folder of images treated as a real-data source; the same registry for both projects.
@@ -54,6 +54,11 @@ def registered(tmp_path_factory):
 def client_for(manager: ConfigurationManager) -> MlflowClient:
     use_experiment(manager.tracking())
     return MlflowClient()
+
+
+def store(manager: ConfigurationManager) -> ModelStore:
+    tracking = manager.tracking()
+    return ModelStore(connect(tracking), tracking.registered_model, tracking.alias)
 
 
 def champion(manager: ConfigurationManager) -> str:
@@ -100,9 +105,7 @@ def test_the_champion_is_scored_on_the_challengers_split_and_must_be_beaten(regi
     def decide(margin: float) -> dict:
         """The rule alone: a challenger ``margin`` above or below the champion on the same images."""
         scored = Comparison(again["champion_score"], again["champion_score"] + margin, evaluation["test_images"])
-        return promotion_decision(
-            client_for(real), tracking.registered_model, tracking.alias, "roc_auc", challenger, lambda _: scored
-        )
+        return promotion_decision(store(real).champion(), tracking.alias, "roc_auc", challenger, lambda _: scored)
 
     assert decide(-0.01)["promote"] is False
     assert decide(+0.01)["promote"] is True
@@ -128,7 +131,8 @@ def test_the_champions_training_images_are_left_out_of_the_comparison(registered
         lambda: Evaluation(other.evaluation()),
     ):
         make().run()
-    champion = client_for(real).get_model_version(real.tracking().registered_model, second["version"])
+    champion = store(real).champion()
+    assert champion.version == second["version"]
     compared = ModelRegistry(dataclasses.replace(other.registry(), tracking=real.tracking())).compare(champion)
     test_images = load_json(other.evaluation().root_dir / "evaluation.json")["test_images"]
     assert 0 < compared.images < test_images and "left out: the champion trained on them" in compared.note
@@ -141,14 +145,8 @@ def test_a_real_data_model_replaces_a_demo_champion_even_with_other_classes(regi
     client.set_registered_model_alias(tracking.registered_model, tracking.alias, first["version"])  # demo champion
     try:
         challenger = Challenger(0.5, demo=False, classes=("a", "b", "c"), test_images=10)
-        decision = promotion_decision(
-            client,
-            tracking.registered_model,
-            tracking.alias,
-            "roc_auc",
-            challenger,
-            ModelRegistry(real.registry()).compare,
-        )
+        compare = ModelRegistry(real.registry()).compare
+        decision = promotion_decision(store(real).champion(), tracking.alias, "roc_auc", challenger, compare)
     finally:
         client.set_registered_model_alias(tracking.registered_model, tracking.alias, second["version"])
     assert decision["promote"] is True and "replaces the demo" in decision["reason"]
@@ -158,14 +156,8 @@ def test_models_for_other_classes_never_compete(registered):
     real, _ = registered["real"]
     tracking = real.tracking()
     challenger = Challenger(1.0, demo=False, classes=("a", "b", "c"), test_images=10)
-    decision = promotion_decision(
-        client_for(real),
-        tracking.registered_model,
-        tracking.alias,
-        "roc_auc",
-        challenger,
-        ModelRegistry(real.registry()).compare,
-    )
+    compare = ModelRegistry(real.registry()).compare
+    decision = promotion_decision(store(real).champion(), tracking.alias, "roc_auc", challenger, compare)
     assert decision["promote"] is False and "never compete" in decision["reason"]
     assert "tracking.registered_model" in decision["reason"]
 
@@ -179,7 +171,7 @@ def test_an_error_reading_the_champion_fails_the_stage_and_registers_nothing(reg
     moved = tmp_path / "moved"
     shutil.move(artifacts, moved)  # the artifact store is gone: the champion cannot be scored
     try:
-        with pytest.raises((MlflowException, OSError)):
+        with pytest.raises((TrackingError, StageInputError), match="champion"):
             ModelRegistry(dataclasses.replace(real.registry(), root_dir=tmp_path / "register")).run()
     finally:
         shutil.move(moved, artifacts)

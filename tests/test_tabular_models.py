@@ -9,7 +9,7 @@ from cancer_classifier.components.tabular_evaluation import TabularEvaluation
 from cancer_classifier.components.tabular_ingestion import TabularIngestion
 from cancer_classifier.components.tabular_registry import TabularRegistry
 from cancer_classifier.components.tabular_training import TabularTraining
-from cancer_classifier.tabular_model import MODEL_FILE, TabularModel
+from cancer_classifier.tabular_model import TabularModel
 from cancer_classifier.utils.common import load_json
 from tests.tabular_support import tabular_project
 
@@ -62,7 +62,7 @@ def test_saved_preprocessing_round_trip(ingested, kind):
     model, config = train(ingested, kind)
     train_rows, _ = load_split(config.data_dir, "train")
     test, _ = load_split(config.data_dir, "test")
-    loaded = TabularModel.load(config.root_dir / MODEL_FILE)
+    loaded = TabularModel.load(config.root_dir)
     np.testing.assert_allclose(loaded.predict_proba(test), model.predict_proba(test), rtol=1e-6)
     scaler = loaded.pipeline.named_steps["preprocess"].named_transformers_["scale"]
     # fitted on the training split only, and it travels inside the artifact

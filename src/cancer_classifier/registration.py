@@ -178,10 +178,12 @@ def download_champion(tracking: TrackingConfig, doing: str) -> Downloaded:
     return Downloaded(Path(path), champion.version)
 
 
-def start_run(client: MlflowClient, server: Server, name: str, training: dict) -> str:
+def start_run(client: MlflowClient, server: Server, name: str, training: dict | None) -> str:
     """A registration run: a child of the training run where that run is on this server, else a run
     of its own that names where training was tracked (the training run itself is never changed)."""
     tags = {"mlflow.runName": name}
+    if training is None:  # training was not tracked
+        return client.create_run(server.experiment_id, run_name=name, tags=tags).info.run_id
     try:
         client.get_run(training["mlflow_run_id"])
         tags["mlflow.parentRunId"] = training["mlflow_run_id"]
@@ -198,7 +200,8 @@ def register(
     store: ModelStore,
     decision: dict,
     champion: Version | None,
-    training: dict,
+    run_name: str,
+    training: dict | None,
     log: Callable[[], None],
     save_model: Callable[[Path], None],
     tags: dict[str, str],
@@ -208,7 +211,7 @@ def register(
     decision says so. All or nothing: on any failure what was created is removed again."""
     server, client = store.server, store.client
     with tracking_errors(server.uri, "starting the registration run"):
-        run_id = start_run(client, server, "evaluate-register", training)
+        run_id = start_run(client, server, run_name, training)
     version = None
     try:
         with tracking_errors(server.uri, "logging the evaluation"), mlflow.start_run(run_id=run_id):

@@ -2,25 +2,34 @@
 estimator as one scikit-learn Pipeline, saved with the columns it takes and its notices.
 
 The Keras choice is a scikit-learn estimator too (below), so its scaling and encoding travel with it
-in the same file.
+in the same file. The Pipeline is stored with skops, which loads only the types listed in
+``TRUSTED_TYPES`` besides plain scikit-learn ones and never unpickles code: a model file from the
+registry or the artifact store cannot run code in the app.
 """
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
+import skops.io
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
 from cancer_classifier.entity.tabular import ColumnSpec
 from cancer_classifier.modeling import NOT_FOR_CLINICAL_USE
+from cancer_classifier.utils.common import load_json, save_json
 from cancer_classifier.utils.logging import logger
 
-MODEL_FILE = "model.joblib"
-REGISTRY_FOLDER = "serving"  # where each registered version's run holds model.joblib
-REGISTRY_ARTIFACT = f"{REGISTRY_FOLDER}/{MODEL_FILE}"
+MODEL_FILE = "model.skops"  # the Pipeline (MLflow's sklearn flavour uses the same name for skops)
+METADATA_FILE = "model.json"  # columns, classes and notices
+# The only types beyond skops' own trusted set that a model file may hold (each reviewed: data only).
+TRUSTED_TYPES = [
+    "cancer_classifier.tabular_model.KerasBinaryClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+]
 KIND_NOTICE = {
     "diagnostic": "Diagnostic model: estimates whether the record belongs to the positive class.",
     "prognostic": "Prognostic model: estimates an outcome from the data available at diagnosis; it does not diagnose.",
@@ -92,6 +101,26 @@ class KerasBinaryClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
 
+    def __getstate__(self) -> dict:
+        """The fitted network as the bytes of a .keras file: a state skops stores without pickle."""
+        state = dict(self.__dict__)
+        if "model_" in state:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "network.keras"
+                state["model_"].save(path)
+                state["model_"] = path.read_bytes()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("model_"), bytes):
+            import keras
+
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "network.keras"
+                path.write_bytes(state["model_"])
+                state = state | {"model_": keras.saving.load_model(path, safe_mode=True)}
+        self.__dict__.update(state)
+
 
 @dataclass(frozen=True)
 class TabularModel:
@@ -114,10 +143,12 @@ class TabularModel:
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / MODEL_FILE
-        joblib.dump({"pipeline": self.pipeline, "metadata": self.metadata}, path)
+        skops.io.dump(self.pipeline, path)
+        save_json(Path(folder) / METADATA_FILE, self.metadata)
         return path
 
     @classmethod
-    def load(cls, path: Path) -> "TabularModel":
-        saved = joblib.load(path)
-        return cls(saved["pipeline"], saved["metadata"])
+    def load(cls, folder: Path) -> "TabularModel":
+        """The model saved in ``folder``; a file holding any other type than the trusted ones is refused."""
+        pipeline = skops.io.load(Path(folder) / MODEL_FILE, trusted=TRUSTED_TYPES)
+        return cls(pipeline, load_json(Path(folder) / METADATA_FILE))

@@ -157,6 +157,11 @@ def evaluated_probabilities(predictions: Path, classes: list[str]) -> dict[str, 
 def champion_files(champion: Version, pattern: str) -> Path:
     """The champion's model file matching ``pattern``, downloaded; never a pickle (nothing runs on load)."""
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.model_uri, dst_path=tempfile.mkdtemp()))
+    if not (folder / "MLmodel").is_file():
+        raise StageInputError(
+            f"the champion (version {champion.version}) has no model files at {champion.model_uri}: "
+            "check that the artifact store is reachable and complete"
+        )
     found = sorted(folder.rglob(pattern))
     if not found:
         raise StageInputError(
@@ -240,7 +245,7 @@ class ModelRegistry:
             mlflow.log_artifact(str(config.data_dir / "manifest.csv"), artifact_path="data")
 
         training = load_json(config.model_dir / "training_info.json")
-        version = register(store, decision, champion, training, log, self.save_model, tags)
+        version = register(store, decision, champion, "evaluate-register", training, log, self.save_model, tags)
         record = {
             "registered_model": tracking.registered_model,
             "version": version.version,

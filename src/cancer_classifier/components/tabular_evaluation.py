@@ -16,7 +16,7 @@ from cancer_classifier.components.evaluation import log_dvclive, save_plots
 from cancer_classifier.components.metrics import bootstrap_intervals, headline_metrics
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularEvaluationConfig
-from cancer_classifier.tabular_model import MODEL_FILE, TabularModel
+from cancer_classifier.tabular_model import TabularModel
 from cancer_classifier.utils.common import atomic_directory, save_json
 from cancer_classifier.utils.logging import logger
 
@@ -47,7 +47,7 @@ class TabularEvaluation:
 
     def run(self) -> dict:
         config = self.config
-        model = TabularModel.load(config.model_dir / MODEL_FILE)
+        model = TabularModel.load(config.model_dir)
         classes = model.classes
         positive = classes.index(model.metadata["positive_class"])
         test, y_true = load_split(config.data_dir, "test")

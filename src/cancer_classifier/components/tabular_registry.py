@@ -1,33 +1,44 @@
 """Tabular stage 4: log the evaluated model to MLflow under its task's experiment, register it under
 the task's own name, and move the alias through the same promotion gate as chest CT."""
 
+import json
+from pathlib import Path
+
 import mlflow
 import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import sklearn
+import skops
 from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
+import cancer_classifier
 from cancer_classifier.components.metrics import headline_metrics
 from cancer_classifier.components.registry import (
     Challenger,
     Comparison,
-    apply_promotion,
+    champion_files,
     git_commit,
     promotion_decision,
 )
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularRegistryConfig
-from cancer_classifier.tabular_model import MODEL_FILE, REGISTRY_FOLDER, TabularModel
-from cancer_classifier.tracking import use_experiment
+from cancer_classifier.registration import ModelStore, Version, register
+from cancer_classifier.tabular_model import METADATA_FILE, MODEL_FILE, TRUSTED_TYPES, TabularModel
+from cancer_classifier.tracking import connect, public_uri, tracking_errors
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
 
 def requirements(model: TabularModel) -> list[str]:
     """Pinned from the running versions, so MLflow need not load the model in a subprocess to infer them."""
-    packages = [f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}"]
+    packages = [
+        f"scikit-learn=={sklearn.__version__}",
+        f"skops=={skops.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
     if model.metadata["model"]["kind"] == "keras":
         import keras
         import tensorflow as tf
@@ -43,33 +54,37 @@ class TabularRegistry:
     def run(self) -> dict:
         config, tracking = self.config, self.config.tracking
         evaluation = load_json(config.evaluation_dir / "evaluation.json")
-        model = TabularModel.load(config.model_dir / MODEL_FILE)
+        model = TabularModel.load(config.model_dir)
         tags = {
             "task": config.task.name,
             "kind": config.task.kind,
             "demo": "false",
+            "classes": json.dumps(model.classes),
             "intended_use": model.metadata["intended_use"],
             "model_kind": model.metadata["model"]["kind"],
             "git_commit": git_commit(),
             "train_sha256": sha256_file(config.data_dir / "train.csv"),
             "test_sha256": sha256_file(config.data_dir / "test.csv"),
         }
-        use_experiment(tracking)
-        client = MlflowClient()
+        server = connect(tracking, f"{config.task.name} register")
+        store = ModelStore(server, tracking.registered_model, tracking.alias)
         metric = config.promotion_metric
         test, _ = load_split(config.data_dir, "test")
         challenger = Challenger(evaluation["metrics"][metric], False, tuple(model.classes), len(test))
 
-        def compare(champion) -> Comparison:
+        def compare(champion: Version) -> Comparison:
             """The champion's metric on this model's test rows (its own Pipeline does its own preprocessing)."""
-            pipeline = mlflow.sklearn.load_model(f"models:/{tracking.registered_model}/{champion.version}")
+            theirs = TabularModel.load(champion_files(champion, MODEL_FILE).parent)
             frame, y_true = load_split(config.data_dir, "test")
             positive = model.classes.index(model.metadata["positive_class"])
-            theirs = headline_metrics(y_true, pipeline.predict_proba(frame), positive)[metric]
-            return Comparison(theirs, challenger.score, len(frame))
+            return Comparison(headline_metrics(y_true, theirs.predict_proba(frame), positive)[metric], challenger.score,
+                              len(frame))
 
-        decision = promotion_decision(client, tracking.registered_model, tracking.alias, metric, challenger, compare)
-        with mlflow.start_run(run_name=f"{config.task.name}-evaluate-register"):
+        champion = store.champion()
+        with tracking_errors(tracking.tracking_uri, "comparing with the champion"):
+            decision = promotion_decision(champion, tracking.alias, metric, challenger, compare)
+
+        def log() -> None:
             mlflow.set_tags(tags)
             mlflow.log_params(config.params)
             mlflow.log_metrics({f"test_{k}": v for k, v in evaluation["metrics"].items() if np.isfinite(v)})
@@ -78,13 +93,16 @@ class TabularRegistry:
                 mlflow.log_metrics({f"cv_{k}": v for k, v in cv.items() if np.isfinite(v)})
             mlflow.log_artifacts(str(config.evaluation_dir), artifact_path="evaluation")
             mlflow.log_artifact(str(config.data_dir / "dataset.json"), artifact_path="data")
-            mlflow.log_artifact(str(config.model_dir / MODEL_FILE), artifact_path=REGISTRY_FOLDER)
-            version = self.log_model(model, tags)
-            apply_promotion(client, tracking.registered_model, tracking.alias, version, decision)
-            mlflow.set_tags({"promotion": decision["reason"], "promotion_comparison": decision["comparison"]})
+
+        run_name = f"{config.task.name}-evaluate-register"
+        save = lambda path: self.save_model(model, path)  # noqa: E731
+        version = register(store, decision, champion, run_name, None, log, save, tags)
         record = {
             "registered_model": tracking.registered_model,
-            "version": version,
+            "version": version.version,
+            "model_uri": version.model_uri,
+            "model_store": server.model_store,
+            "tracking_uri": public_uri(server.uri),
             "promoted": decision["promote"],
             "alias": tracking.alias,
             "metric": metric,
@@ -93,27 +111,22 @@ class TabularRegistry:
         }
         with atomic_directory(config.root_dir) as out:
             save_json(out / "registration.json", record)
-        logger.info("registered %s version %s: %s", tracking.registered_model, version, decision["reason"])
+        logger.info("registered %s version %s: %s", tracking.registered_model, version.version, decision["reason"])
         return record
 
-    def log_model(self, model: TabularModel, tags: dict[str, str]) -> str:
+    def save_model(self, model: TabularModel, path: Path) -> None:
+        """MLflow's scikit-learn flavour in skops format (no pickle), plus the metadata the app reads."""
         example = load_split(self.config.data_dir, "test")[0][[c.name for c in model.columns]].head(2)
-        name = self.config.tracking.registered_model
-        info = mlflow.sklearn.log_model(
+        mlflow.sklearn.save_model(
             model.pipeline,
-            name="model",
+            path,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            skops_trusted_types=TRUSTED_TYPES,
             signature=infer_signature(example, model.pipeline.predict_proba(example)),
             input_example=example,
             pip_requirements=requirements(model),
+            code_paths=[str(Path(cancer_classifier.__file__).parent)],  # the Keras wrapper's class
             pyfunc_predict_fn="predict_proba",
-            # The Pipeline holds our Keras wrapper or histogram trees, which skops will not load without a
-            # per-type review; the project writes these files itself, as it writes model.joblib.
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-            registered_model_name=name,
             metadata={k: model.metadata[k] for k in ("task", "kind", "classes", "positive_class", "intended_use")},
         )
-        version = str(info.registered_model_version)
-        client = MlflowClient()
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        return version
+        save_json(path / METADATA_FILE, model.metadata)

@@ -1,7 +1,7 @@
 """Tabular stage 2: build the chosen model behind its preprocessing and fit both on the training split.
 
 Scaling (numbers) and one-hot encoding (declared categories) are fitted on the training split only
-and saved with the estimator as one scikit-learn Pipeline in ``model.joblib``, so evaluation and
+and saved with the estimator as one scikit-learn Pipeline in ``model.skops``, so evaluation and
 serving apply exactly the transform training used.
 """
 

@@ -7,7 +7,6 @@ Every value is checked with the same validator ingestion used (``tabular_schema`
 """
 
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from cancer_classifier.entity.tabular import ColumnSpec, TabularServingConfig
 from cancer_classifier.serving.app import ModelHolder
 from cancer_classifier.serving.errors import ApiError, BadRequest, UnsupportedMediaType, clip, json_body, public_text
 from cancer_classifier.serving.predictor import RUN_PIPELINE_HINT, ModelInfo, ModelUnavailable, registration_record
-from cancer_classifier.tabular_model import MODEL_FILE, REGISTRY_ARTIFACT, TabularModel
+from cancer_classifier.tabular_model import MODEL_FILE, TabularModel
 from cancer_classifier.tabular_schema import table_violations, typed
+from cancer_classifier.utils.common import TrackingError
 from cancer_classifier.utils.logging import logger
 
 tabular = Blueprint("tabular", __name__)
@@ -53,34 +53,34 @@ class TabularPredictor:
         path = config.model_dir / MODEL_FILE
         if not path.is_file():
             raise ModelUnavailable(f"no {config.task.name} model yet ({path.name}): {RUN_PIPELINE_HINT}")
-        try:
-            model = TabularModel.load(path)
-        except Exception:
-            logger.exception("loading %s failed", path)
-            raise ModelUnavailable(f"the {config.task.name} model could not be loaded (see the server log)") from None
+        model = cls._load(config.model_dir, config.task.name)
         registered = config.tracking.registered_model
         name, version, promoted = registration_record(config.registration_file, path, registered)
         return cls(model, cls._info(model, name, version, "local", promoted))
 
     @classmethod
     def _from_registry(cls, config: TabularServingConfig) -> "TabularPredictor":
-        import mlflow
-        from mlflow.tracking import MlflowClient
+        from cancer_classifier.registration import download_champion  # MLflow only in registry mode
 
         tracking = config.tracking
-        uri = f"models:/{tracking.registered_model}@{tracking.alias}"
         try:
-            mlflow.set_tracking_uri(tracking.tracking_uri)
-            version = MlflowClient().get_model_version_by_alias(tracking.registered_model, tracking.alias)
-            with tempfile.TemporaryDirectory(prefix="serving-") as folder:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=version.run_id, artifact_path=REGISTRY_ARTIFACT, dst_path=folder
-                )
-                model = TabularModel.load(Path(path))
-        except Exception:
-            logger.exception("loading %s from the MLflow registry failed", uri)
-            raise ModelUnavailable(f"{uri} could not be loaded from the MLflow registry (see the server log)") from None
-        return cls(model, cls._info(model, tracking.registered_model, str(version.version), "registry", True))
+            downloaded = download_champion(tracking, f"loading models:/{tracking.registered_model}@{tracking.alias}")
+        except TrackingError as error:
+            logger.error("%s", error)
+            raise ModelUnavailable(str(error)) from None
+        model = cls._load(downloaded.path, config.task.name)
+        return cls(model, cls._info(model, tracking.registered_model, downloaded.version, "registry", True))
+
+    @staticmethod
+    def _load(folder: Path, task: str) -> TabularModel:
+        try:
+            return TabularModel.load(folder)
+        except Exception:  # unreadable, an older pickled format, or a type outside TRUSTED_TYPES
+            logger.exception("loading the %s model from %s failed", task, folder)
+            raise ModelUnavailable(
+                f"the {task} model could not be loaded (see the server log); a model registered in an older format "
+                "(pickle) is refused: re-register it with `dvc repro -f -s tabular_register`"
+            ) from None
 
     def predict(self, rows: pd.DataFrame) -> list[dict]:
         proba = self.model.predict_proba(rows)
