@@ -10,16 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from cancer_classifier.modeling import PRECISIONS
 from tests.conftest import REPO
 from tests.parity import serve_artifacts, served_parity
+from tests.test_mlflow_servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 
 
-def run(args: list[str], cwd: Path) -> str:
+def run(args: list[str], cwd: Path, tracking_uri: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
     # The copy's own code must run, and `python` in dvc.yaml must be this interpreter.
     env |= {"PYTHONPATH": str(cwd / "src"), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -55,8 +58,15 @@ def repo_copy(tmp_path_factory) -> Path:
     return copy
 
 
-def test_default_dvc_repro_completes_and_the_demo_model_learns(repo_copy):
-    output = run(["dvc", "repro"], repo_copy)
+def test_default_dvc_repro_completes_and_the_demo_model_learns(repo_copy, tmp_path):
+    """As a user with a team MLflow server runs it: MLFLOW_TRACKING_URI set, a real server on loopback."""
+    with mlflow_server(Path(sys.executable), tmp_path / "mlflow") as server:
+        output = run(["dvc", "repro"], repo_copy, tracking_uri=server)
+        client = MlflowClient(server)
+        champion = client.get_model_version_by_alias("chest-ct-classifier", "champion")
+        registration = client.get_run(champion.run_id)
+        training = client.get_run(registration.data.tags["mlflow.parentRunId"])  # trained on the same server
+        experiment = client.get_experiment(training.info.experiment_id).name
     assert stages_run(output) == [
         "data_ingestion",
         "prepare_base_model",
@@ -65,6 +75,9 @@ def test_default_dvc_repro_completes_and_the_demo_model_learns(repo_copy):
         "evaluation",
         "register",
     ]
+    assert experiment == "chest-ct" and registration.info.experiment_id == training.info.experiment_id
+    record = json.loads((repo_copy / "artifacts/register/registration.json").read_text())
+    assert (record["version"], record["tracking_uri"]) == (champion.version, server)
     scores = json.loads((repo_copy / "scores.json").read_text())
     assert scores["demo"] is True
     # The demo learns on every CPU, in both precisions (bfloat16 emulated where not native).

@@ -78,7 +78,8 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     registered = mlflow.pyfunc.load_model(f"models:/{tracking.registered_model}@{tracking.alias}")
     served = registered.predict(pd.DataFrame({"image": [base64.b64encode(Path(paths[0]).read_bytes()).decode()]}))
     local = load_classifier(trained_project.training().root_dir / "model.keras").predict(image, verbose=0)
-    assert list(served[0]["probabilities"]) == list(load_json(trained_project.training().root_dir / "class_indices.json"))
+    classes = load_json(trained_project.training().root_dir / "class_indices.json")
+    assert list(served[0]["probabilities"]) == list(classes)
     assert np.allclose(list(served[0]["probabilities"].values()), local[0], atol=1e-5)
     assert served[0]["precision"] == "float32" and served[0]["in_distribution"] in (True, False)
 

@@ -1,7 +1,12 @@
 """Every model choice on small data, the saved preprocessing round trip, evaluation, the registry gate."""
 
+import os
+
 import numpy as np
 import pytest
+import skops.io
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from cancer_classifier.components.metrics import HEADLINE
 from cancer_classifier.components.tabular_data import load_split
@@ -9,8 +14,8 @@ from cancer_classifier.components.tabular_evaluation import TabularEvaluation
 from cancer_classifier.components.tabular_ingestion import TabularIngestion
 from cancer_classifier.components.tabular_registry import TabularRegistry
 from cancer_classifier.components.tabular_training import TabularTraining
-from cancer_classifier.tabular_model import TabularModel
-from cancer_classifier.utils.common import load_json
+from cancer_classifier.tabular_model import METADATA_FILE, MODEL_FILE, TabularModel
+from cancer_classifier.utils.common import load_json, save_json
 from tests.tabular_support import tabular_project
 
 DOCKER_LAB = ["mean radius", "mean texture", "mean smoothness", "mean perimeter"]
@@ -68,6 +73,17 @@ def test_saved_preprocessing_round_trip(ingested, kind):
     # fitted on the training split only, and it travels inside the artifact
     np.testing.assert_allclose(scaler.mean_, train_rows.mean().to_numpy())
     assert loaded.metadata == model.metadata
+
+
+def test_a_model_file_holding_an_untrusted_type_is_refused_without_running_it(ingested, tmp_path):
+    """Someone who can write the artifact store hides os.system in the Pipeline: skops refuses the
+    file, because only the listed types may be built from it."""
+    model, _ = train(ingested, "logistic_regression")
+    hostile = Pipeline([("run", FunctionTransformer(os.system, kw_args={})), ("model", model.pipeline)])
+    skops.io.dump(hostile, tmp_path / MODEL_FILE)
+    save_json(tmp_path / METADATA_FILE, model.metadata)
+    with pytest.raises(skops.io.exceptions.UntrustedTypesFoundException, match="system"):
+        TabularModel.load(tmp_path)
 
 
 def test_evaluation_uses_the_chest_ct_metric_set_and_the_registry_gate(ingested):
