@@ -1,5 +1,6 @@
 """Every model choice on small data, the saved preprocessing round trip, evaluation, the registry gate."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from cancer_classifier.components.tabular_evaluation import TabularEvaluation
 from cancer_classifier.components.tabular_ingestion import TabularIngestion
 from cancer_classifier.components.tabular_registry import TabularRegistry
 from cancer_classifier.components.tabular_training import TabularTraining
+from cancer_classifier.serving.tabular import TabularPredictor
 from cancer_classifier.tabular_model import METADATA_FILE, MODEL_FILE, TabularModel
 from cancer_classifier.utils.common import load_json, save_json
 from tests.tabular_support import tabular_project
@@ -105,3 +107,10 @@ def test_evaluation_uses_the_chest_ct_metric_set_and_the_registry_gate(ingested)
     assert first["promoted"] and not second["promoted"] and "does not beat champion version 1" in second["reason"]
     registration = load_json(ingested / "artifacts/tabular/breast-cancer/register/registration.json")
     assert registration["registered_model"] == "breast-cancer-classifier" and registration["version"] == "2"
+    # The app in registry mode serves the champion (version 1), loaded from its skops file.
+    (config,) = (c for c in tabular.serving() if c.task.name == "breast-cancer")
+    registered = TabularPredictor.from_config(dataclasses.replace(config, use_registry=True))
+    local = TabularPredictor.from_config(config)
+    assert (registered.info.source, registered.info.version) == ("registry", "1")
+    test, _ = load_split(tabular.evaluation("breast-cancer").data_dir, "test")
+    assert registered.predict(test.head(20)) == local.predict(test.head(20))
