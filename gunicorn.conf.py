@@ -4,8 +4,8 @@ Environment: PORT (default 8080), WEB_CONCURRENCY (workers, default 2), GUNICORN
 per worker, default 4), GUNICORN_HEADER_TIMEOUT (seconds a client has to send its request line and
 headers, default 10), GUNICORN_TIMEOUT (seconds, default 120),
 PROMETHEUS_MULTIPROC_DIR (metrics files; a fresh temp folder by default),
-TF_NUM_INTRAOP_THREADS (threads per worker; default: the cores divided among the workers),
-MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT (registry calls; default 1 retry, 10 s).
+TF_NUM_INTRAOP_THREADS (threads per worker; default: the cores divided among the workers).
+MLflow calls are bounded by ``tracking.http_*`` in config/config.yaml (see docs/mlflow.md).
 """
 
 import os
@@ -133,10 +133,6 @@ def post_fork(server, worker):
     for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(variable, threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")  # a sync worker runs one request at a time
-    # An unreachable MLflow server must fail a model load in seconds, not after the client's default
-    # 7 retries with exponential backoff (minutes): the worker answers /health and /ready meanwhile.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def on_starting(server):

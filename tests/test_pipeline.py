@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from cancer_classifier.components.dataset import split_files
@@ -82,6 +83,12 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     assert list(served[0]["probabilities"]) == list(classes)
     assert np.allclose(list(served[0]["probabilities"].values()), local[0], atol=1e-5)
     assert served[0]["precision"] == "float32" and served[0]["in_distribution"] in (True, False)
+    # Installable anywhere: pinned published packages, one TensorFlow, the project's code inside the model.
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{tracking.registered_model}@{tracking.alias}"))
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert [r for r in requirements if r.startswith("tensorflow")] == [f"tensorflow-cpu=={tf.__version__}"]
+    assert all("==" in r for r in requirements) and not any("cancer" in r for r in requirements)
+    assert (folder / "code/cancer_classifier/serving/mlflow_model.py").is_file()
 
 
 def test_evaluation_scores_both_precisions_and_records_which_may_be_served(trained_project):
