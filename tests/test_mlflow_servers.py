@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from cancer_classifier.components.dataset import split_files
@@ -85,9 +86,23 @@ def running(command: list[str], url: str, env: dict | None = None, cwd: Path | N
 def mlflow_server(python: Path, root: Path, *extra: str, env: dict | None = None) -> Iterator[str]:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = [str(python), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-               "--workers", "1", *extra]
+    command = [
+        str(python),
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+        *extra,
+    ]
     with running(command, f"http://127.0.0.1:{port}", env=env, cwd=root) as url:
         yield url
 
@@ -162,8 +177,9 @@ def old_mlflow(tmp_path_factory) -> Path:
     env = tmp_path_factory.mktemp("mlflow-2.9")
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", *OLD_MLFLOW], capture_output=True,
-                             text=True, timeout=900)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", *OLD_MLFLOW], capture_output=True, text=True, timeout=900
+    )
     if install.returncode != 0:
         pytest.skip(f"MLflow 2.9 could not be installed here: {install.stderr.strip().splitlines()[-1:]}")
     return python
@@ -181,8 +197,14 @@ class Project:
         """The register stage's entry point, as `dvc repro` runs it, tracking into ``uri``."""
         environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, **env}
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", f"cancer_classifier.pipeline.{stage}"], cwd=self.root,
-                                env=environment, capture_output=True, text=True, timeout=STAGE_SECONDS)
+        result = subprocess.run(
+            [sys.executable, "-m", f"cancer_classifier.pipeline.{stage}"],
+            cwd=self.root,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=STAGE_SECONDS,
+        )
         result.seconds = time.monotonic() - started
         return result
 
@@ -282,18 +304,42 @@ def test_the_app_serves_the_registered_champion(on_current, current_server):
     assert same_answers(predictor, Predictor.from_config(on_current.manager.serving()), sample_file(on_current))
 
 
+def invoke(url: str, records: list[dict]) -> dict:
+    """POST records to MLflow's scoring server, as its clients do."""
+    body = json.dumps({"dataframe_records": records}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
 def test_mlflow_models_serve_answers_a_base64_file_as_the_app_does(on_current, current_server, tmp_path):
     name = on_current.manager.tracking().registered_model
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": current_server, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
-               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{name}@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     data = sample_file(on_current)
     with running(command, f"http://127.0.0.1:{port}", env=env, cwd=tmp_path) as url:
-        body = json.dumps({"dataframe_records": [{"image": base64.b64encode(data).decode()}]}).encode()
-        request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            scored = json.loads(answer.read())["predictions"][0]
+        scored = invoke(url, [{"image": base64.b64encode(data).decode()}])["predictions"][0]
+        refused = {  # the app's limits and messages travel with the model
+            "at most 16 (serving.max_batch)": [{"image": base64.b64encode(data).decode()}] * 17,
+            "not valid base64": [{"image": "not base64!"}],
+        }
+        for message, records in refused.items():
+            with pytest.raises(urllib.error.HTTPError) as error:
+                invoke(url, records)
+            assert error.value.code == 400 and message in error.value.read().decode()
     app = create_app({"TESTING": True, "PREDICTOR": served(on_current, current_server)}).test_client()
     expected = app.post("/predict", data={"file": (io.BytesIO(data), "slice.png")}).get_json()
     assert scored["label"] == expected["label"] and scored["in_distribution"] == expected["in_distribution"]
@@ -301,22 +347,26 @@ def test_mlflow_models_serve_answers_a_base64_file_as_the_app_does(on_current, c
     assert np.allclose(list(scored["probabilities"].values()), list(expected["probabilities"].values()), atol=1e-6)
 
 
-def test_a_registration_failing_part_way_leaves_no_version_no_logged_model_and_no_run(
-    trained_copy, current_server
-):
+def test_a_registration_failing_part_way_leaves_no_version_no_logged_model_and_no_run(trained_copy, current_server):
     """The server refuses to move the alias (403) after the version was created: all of it is undone."""
     project = trained_copy({"tracking": {"registered_model": "chest-ct-partial"}})
     client = MlflowClient(current_server)
+    started = int(time.time() * 1000)
     with proxy(current_server, ("POST", "/registered-models/alias", 403)) as url:
         result = project.register(url)
-    one_line_failure(result, "denied access (HTTP 403)", "MLFLOW_TRACKING_USERNAME")
+    one_line_failure(result, "denied this user access (HTTP 403)", "MLFLOW_TRACKING_USERNAME")
     assert registered_versions(current_server, "chest-ct-partial") == []
-    experiment = client.get_experiment_by_name(project.manager.tracking().experiment)
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`mlflow.runName` = 'evaluate-register'")
-    assert all(run.info.lifecycle_stage == "active" for run in runs)  # search shows only the active ones
-    models = client.search_logged_models([experiment.experiment_id])
-    assert {m.source_run_id for m in models} <= {run.info.run_id for run in runs}
+    experiment = client.get_experiment_by_name(project.manager.tracking().experiment).experiment_id
+    attempt = [r for r in client.search_runs([experiment], run_view_type=ViewType.ALL) if r.info.start_time >= started]
+    assert len(attempt) == 1 and attempt[0].info.lifecycle_stage == "deleted"  # its registration run
+    assert not [m for m in client.search_logged_models([experiment]) if m.source_run_id == attempt[0].info.run_id]
     assert not (project.root / "artifacts/register").exists()
+
+
+def test_a_failing_server_is_named_as_failing_not_unreachable(trained_copy, current_server):
+    with proxy(current_server, ("*", "/experiments/", 500)) as url:
+        result = trained_copy().register(url)
+    one_line_failure(result, "answered HTTP 500", "the server is failing")
 
 
 def test_basic_auth_server_with_right_and_wrong_credentials(trained_copy, tmp_path):
@@ -377,8 +427,8 @@ def test_a_server_without_a_registry_keeps_the_champion_as_a_run_tag_that_the_ap
 
 
 def test_a_crafted_model_artifact_does_not_run_code_in_the_app(trained_copy, tmp_path):
-    """Whoever can write the artifact store swaps in a Keras file with a Lambda layer and drops a
-    pickle beside it: the app refuses the model (503) and neither payload runs."""
+    """Whoever can write the artifact store swaps in a Keras file whose Lambda layer runs code: the app
+    refuses the model (503) and the code does not run."""
     import keras
 
     project = trained_copy()
@@ -389,13 +439,7 @@ def test_a_crafted_model_artifact_does_not_run_code_in_the_app(trained_copy, tmp
     payload = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(writes_marker)])
     (model_file,) = project.root.glob("mlruns/**/artifacts/serving/model.keras")
     payload.save(model_file)
-    (model_file.parent / "python_model.pkl").write_bytes(pickle_payload(marker))
     marker.unlink(missing_ok=True)  # building the payload here ran its lambda once
     with pytest.raises(ModelUnavailable):
         served(project, uri)
     assert not marker.exists()
-
-
-def pickle_payload(marker: Path) -> bytes:
-    """A pickle that creates ``marker`` when loaded."""
-    return b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR."

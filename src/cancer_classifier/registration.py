@@ -10,9 +10,11 @@ Nothing is left half-done: a failure removes the version, the logged model and t
 run it had created, and the training run is never touched.
 """
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import distributions, version
 from pathlib import Path
 
 import mlflow
@@ -27,6 +29,35 @@ from cancer_classifier.utils.logging import logger
 
 MODEL_ARTIFACT = "model"  # the model's folder in the registration run (servers without logged models)
 MODEL_URI_TAG = "model_uri"  # on the registration run: where its model is, whatever the server
+REGISTERED_FILES = Path("artifacts") / "serving"  # in a registered chest-CT model: the files the app reads
+SETTINGS_FILE = "serving_settings.json"  # there too: the app's limits, for MLflow's scoring server
+# What `mlflow models serve` installs for a registered model, pinned to this environment's versions.
+RUNTIME_PACKAGES = (
+    "mlflow",
+    "keras",
+    "numpy",
+    "pandas",
+    "pillow",
+    "scikit-learn",
+    "skops",
+    "matplotlib",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "ImageHash",
+    "PyYAML",
+    "python-box",
+    "tqdm",
+    "Flask",
+    "prometheus_client",
+)
+
+
+def pinned_requirements() -> list[str]:
+    """This environment's versions of what serving imports: one TensorFlow (the one installed), no project."""
+    installed = {dist.metadata["Name"].lower() for dist in distributions()}
+    tensorflow = next(name for name in ("tensorflow-cpu", "tensorflow") if name in installed)
+    return [f"{name}=={version(name)}" for name in (tensorflow, *RUNTIME_PACKAGES)]
 
 
 def alias_tag(alias: str) -> str:
@@ -77,41 +108,37 @@ class ModelStore:
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        if not runs:
+        if not runs or MODEL_URI_TAG not in runs[0].data.tags:  # none, or a run tagged by hand
             return None
         run = runs[0]
         return Version(run.info.run_id, run.info.run_id, run.data.tags[MODEL_URI_TAG], dict(run.data.tags))
 
     def publish(self, run_id: str, model_dir: Path, tags: dict[str, str]) -> Version:
         """Upload the saved model folder and make it a version carrying ``tags`` from its creation."""
-        with tracking_errors(self.server.uri, f"uploading the model {self.name}"):
-            model_id = None
-            if self.server.logged_models:
-                logged = self.client.create_logged_model(
-                    self.server.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id, tags=tags
-                )
-                model_id = logged.model_id
-                try:
+        model_id = None
+        try:
+            with tracking_errors(self.server.uri, f"uploading the model {self.name}"):
+                if self.server.logged_models:
+                    logged = self.client.create_logged_model(
+                        self.server.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id, tags=tags
+                    )
+                    model_id = logged.model_id
                     self.client.log_model_artifacts(model_id, str(model_dir))
                     self.client.finalize_logged_model(model_id, "READY")
-                except Exception:
-                    self._forget(model_id)
-                    raise
-                source, model_uri = logged.artifact_location, f"models:/{model_id}"
-            else:
-                self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
-                source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-                model_uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
-            self.client.set_tag(run_id, MODEL_URI_TAG, model_uri)
-        if not self.server.registry:
-            return Version(run_id, run_id, model_uri, tags, model_id)
-        with tracking_errors(self.server.uri, f"registering {self.name}"):
-            try:
+                    source, model_uri = logged.artifact_location, f"models:/{model_id}"
+                else:
+                    self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+                    source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+                    model_uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+                self.client.set_tag(run_id, MODEL_URI_TAG, model_uri)
+            if not self.server.registry:
+                return Version(run_id, run_id, model_uri, tags, model_id)
+            with tracking_errors(self.server.uri, f"registering {self.name}"):
                 self._ensure_registered_model()
                 created = self.client.create_model_version(self.name, source, run_id, tags=tags, model_id=model_id)
-            except Exception:
-                self._forget(model_id)
-                raise
+        except BaseException:  # interrupted too
+            self._forget(model_id)
+            raise
         version = str(created.version)
         return Version(version, run_id, f"models:/{self.name}/{version}", tags, model_id)
 
@@ -158,10 +185,15 @@ class ModelStore:
 class Downloaded:
     path: Path  # the registered model's folder
     version: str
+    root: Path  # the temporary folder holding it
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def download_champion(tracking: TrackingConfig, doing: str) -> Downloaded:
-    """The champion's model folder, downloaded into a folder kept for the life of the process.
+    """The champion's model folder, downloaded into a temporary folder that the caller keeps for the
+    life of the process, or discards if it cannot use it.
 
     Raises TrackingError (one line) when the server fails or there is no champion yet."""
     server = connect(tracking, doing)
@@ -171,11 +203,14 @@ def download_champion(tracking: TrackingConfig, doing: str) -> Downloaded:
             f"{doing}: {tracking.registered_model} has no '{tracking.alias}' on MLflow at "
             f"{public_uri(tracking.tracking_uri)}: register one with `dvc repro` run with {TRACKING_URI_ENV} set to it"
         )
-    with tracking_errors(tracking.tracking_uri, f"{doing}: downloading {champion.model_uri}"):
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=champion.model_uri, dst_path=tempfile.mkdtemp(prefix="registered-model-")
-        )
-    return Downloaded(Path(path), champion.version)
+    root = Path(tempfile.mkdtemp(prefix="registered-model-"))
+    try:
+        with tracking_errors(tracking.tracking_uri, f"{doing}: downloading {champion.model_uri}"):
+            path = mlflow.artifacts.download_artifacts(artifact_uri=champion.model_uri, dst_path=str(root))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return Downloaded(Path(path), champion.version, root)
 
 
 def start_run(client: MlflowClient, server: Server, name: str, training: dict | None) -> str:

@@ -32,23 +32,31 @@ def public_uri(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.password is None and parts.username is None:
         return uri
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+
+
+def http_status(error: Exception) -> int | None:
+    """The HTTP status MLflow reported for a non-JSON answer, or the one it gave up retrying on."""
+    found = re.search(r"failed with error code (\d{3})|too many (\d{3}) error responses", str(error))
+    return int(next(g for g in found.groups() if g)) if found else None
 
 
 def explain(error: Exception, uri: str) -> str:
     """One line saying what went wrong with the tracking server at ``uri`` and what to do about it."""
     where = f"MLflow at {public_uri(uri)}"
-    code = getattr(error, "error_code", "")
-    text = str(error)
-    status = re.search(r"error code (\d{3})|\b(40[13])\b", text)
-    http = next((int(g) for g in status.groups() if g), None) if status else None
-    if code in ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED") or http == 401:
+    code, status, text = getattr(error, "error_code", ""), http_status(error), str(error)
+    if code in ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED") or status == 401:
         return f"{where} refused the credentials (HTTP 401): {CREDENTIALS_HINT}"
-    if code == "PERMISSION_DENIED" or http == 403:
-        return f"{where} denied access (HTTP 403): this user may not write here; {CREDENTIALS_HINT} for a user who may"
+    if code == "PERMISSION_DENIED" or status == 403:
+        return f"{where} denied this user access (HTTP 403): {CREDENTIALS_HINT} for a user with access"
+    if status is not None and status >= 500:
+        return f"{where} answered HTTP {status}: the server is failing; see its logs, then retry"
     if code == MISSING_ENDPOINT:
         endpoint = re.search(r"endpoint (\S+)", text)
         missing = endpoint.group(1) if endpoint else "an endpoint"
+        if "/experiments/" in missing:  # in every MLflow since 1.x: the URI is not an MLflow server
+            return f"{where} has no {missing} (HTTP 404): check {TRACKING_URI_ENV}, it is not an MLflow server"
         return f"{where} has no {missing} (HTTP 404): the server is older than this client or lacks that feature"
     if isinstance(error, requests.exceptions.RequestException) or "failed with exception" in text:
         return (
@@ -64,9 +72,7 @@ def tracking_errors(uri: str, doing: str) -> Iterator[None]:
     """Turn any failure of the tracking server while ``doing`` into one TrackingError line."""
     try:
         yield
-    except TrackingError:
-        raise
-    except (MlflowException, requests.exceptions.RequestException, OSError) as error:
+    except (MlflowException, requests.exceptions.RequestException) as error:
         raise TrackingError(f"{doing}: {explain(error, uri)}") from error
 
 

@@ -8,13 +8,13 @@ champion stops the stage instead of promoting.
 
 import base64
 import csv
+import io
 import json
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -23,14 +23,22 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
+from PIL import Image
 
 import cancer_classifier
-from cancer_classifier.components.dataset import split_files, split_rows
+from cancer_classifier.components.dataset import split_rows
 from cancer_classifier.components.metrics import headline_metrics
-from cancer_classifier.entity import RegistryConfig
+from cancer_classifier.entity import RegistryConfig, ServingConfig
 from cancer_classifier.modeling import INPUT_REFERENCE_FILE, MODEL_FILE, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE
-from cancer_classifier.registration import ModelStore, Version, register
+from cancer_classifier.registration import (
+    REGISTERED_FILES,
+    SETTINGS_FILE,
+    ModelStore,
+    Version,
+    pinned_requirements,
+    register,
+)
 from cancer_classifier.scoring import Scorer
 from cancer_classifier.tracking import connect, public_uri, tracking_errors
 from cancer_classifier.utils.common import StageInputError, atomic_directory, load_json, save_json, sha256_file
@@ -154,22 +162,22 @@ def evaluated_probabilities(predictions: Path, classes: list[str]) -> dict[str, 
         }
 
 
-def champion_files(champion: Version, pattern: str) -> Path:
-    """The champion's model file matching ``pattern``, downloaded; never a pickle (nothing runs on load)."""
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.model_uri, dst_path=tempfile.mkdtemp()))
+def champion_file(champion: Version, pattern: str, into: Path) -> Path | None:
+    """The champion's model file matching ``pattern``, downloaded into ``into``; None if its model has no
+    such file (registered in an older, pickled format, which is never loaded)."""
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.model_uri, dst_path=str(into)))
     if not (folder / "MLmodel").is_file():
         raise StageInputError(
             f"the champion (version {champion.version}) has no model files at {champion.model_uri}: "
             "check that the artifact store is reachable and complete"
         )
-    found = sorted(folder.rglob(pattern))
-    if not found:
-        raise StageInputError(
-            f"the champion (version {champion.version}) has no {pattern} file: it was registered in a format that "
-            "loads only by unpickling code, which is never done; re-register it with this version of the project "
-            "or compare by hand"
-        )
-    return found[0]
+    return next(iter(sorted(folder.rglob(pattern))), None)
+
+
+def unloadable(champion: Version, images: int) -> Comparison:
+    """A champion this project refuses to load (pickled): any model in the current format replaces it."""
+    note = f"version {champion.version} is in an older, pickled format that is never loaded: this version replaces it"
+    return Comparison(float("-inf"), float("inf"), images, note)
 
 
 # The model's code for MLflow's scoring server, run by it, never imported here (it imports the app).
@@ -177,26 +185,22 @@ PYFUNC_CODE = Path(cancer_classifier.__file__).parent / "serving" / "mlflow_mode
 # What serving reads beside the model: the training stage's files and the evaluation's model card.
 SERVING_FILES = ("model_metadata.json", "class_indices.json", INPUT_REFERENCE_FILE, REFERENCE_FILE)
 CARD_FILES = ("model_card.json", "model_card.md")
-# Installed into the environment `mlflow models serve` builds for the model (pinned to these versions).
-SERVING_PACKAGES = (
-    "mlflow",
-    "tensorflow-cpu",
-    "keras",
-    "numpy",
-    "pandas",
-    "pillow",
-    "scikit-learn",
-    "matplotlib",
-    "pydicom",
-    "pylibjpeg",
-    "pylibjpeg-libjpeg",
-    "ImageHash",
-    "PyYAML",
-    "python-box",
-    "tqdm",
-    "Flask",
-    "prometheus_client",
-)
+
+
+def serving_settings(serving: ServingConfig) -> dict:
+    """The app's limits and DICOM window, for the registered model's own scoring server."""
+    budget = serving.decode_budget
+    return {
+        "max_batch": serving.max_batch,
+        "max_upload_bytes": serving.max_upload_bytes,
+        "dicom_window": {"center": serving.dicom_window_center, "width": serving.dicom_window_width},
+        "decode_budget": {
+            "image_pixels": budget.max_image_pixels,
+            "request_pixels": budget.max_request_pixels,
+            "image_bytes": budget.max_image_bytes,
+            "request_bytes": budget.max_request_bytes,
+        },
+    }
 
 
 class ModelRegistry:
@@ -284,7 +288,11 @@ class ModelRegistry:
         y_true = np.array([classes.index(row["label"]) for row in kept])
         ours = evaluated_probabilities(config.evaluation_dir / "predictions.csv", classes)
         challenger = np.array([ours[Path(row["file"]).name] for row in kept])
-        model = load_classifier(champion_files(champion, f"*{Path(MODEL_FILE).suffix}"))
+        with tempfile.TemporaryDirectory(prefix="champion-") as folder:
+            found = champion_file(champion, str(REGISTERED_FILES / MODEL_FILE), Path(folder))
+            if found is None:
+                return unloadable(champion, len(kept))
+            model = load_classifier(found)
         paths = [str(config.data_dir / row["file"]) for row in kept]
         theirs = Scorer(model).score_files(paths, what=f"champion version {champion.version}")[1]
         positive = classes.index(config.positive_class)
@@ -312,20 +320,21 @@ class ModelRegistry:
                 shutil.copy2(config.model_dir / name, files / name)
             for name in CARD_FILES:
                 shutil.copy2(config.evaluation_dir / name, files / name)
-            example = self.example_image()
+            save_json(files / SETTINGS_FILE, serving_settings(config.serving))
             mlflow.pyfunc.save_model(
                 path,
                 python_model=str(PYFUNC_CODE),
                 artifacts={"serving": str(files)},
                 code_paths=[str(Path(cancer_classifier.__file__).parent)],
-                pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES],
+                pip_requirements=pinned_requirements(),
                 signature=ModelSignature(inputs=Schema([ColSpec("string", "image")])),
-                input_example=pd.DataFrame({"image": [example]}),
+                input_example=pd.DataFrame({"image": [self.example_image()]}),
                 metadata={"classes": list(load_json(config.model_dir / "class_indices.json"))},
             )
 
-    def example_image(self) -> str:
-        """The smallest test image, as base64: what a client of the scoring server sends."""
-        paths = split_files(self.config.data_dir, "test")[0]
-        smallest = min(paths, key=lambda p: Path(p).stat().st_size)
-        return base64.b64encode(Path(smallest).read_bytes()).decode("ascii")
+    @staticmethod
+    def example_image() -> str:
+        """A small gray PNG as base64, what a client of the scoring server sends (never a patient's image)."""
+        buffer = io.BytesIO()
+        Image.new("L", (64, 64), 96).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")

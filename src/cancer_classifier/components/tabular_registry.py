@@ -1,15 +1,14 @@
 """Tabular stage 4: log the evaluated model to MLflow under its task's experiment, register it under
 the task's own name, and move the alias through the same promotion gate as chest CT."""
 
+import functools
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
 import mlflow.sklearn
 import numpy as np
-import pandas as pd
-import sklearn
-import skops
 from mlflow.models import infer_signature
 
 import cancer_classifier
@@ -17,34 +16,18 @@ from cancer_classifier.components.metrics import headline_metrics
 from cancer_classifier.components.registry import (
     Challenger,
     Comparison,
-    champion_files,
+    champion_file,
     git_commit,
     promotion_decision,
+    unloadable,
 )
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularRegistryConfig
-from cancer_classifier.registration import ModelStore, Version, register
+from cancer_classifier.registration import ModelStore, Version, pinned_requirements, register
 from cancer_classifier.tabular_model import METADATA_FILE, MODEL_FILE, TRUSTED_TYPES, TabularModel
 from cancer_classifier.tracking import connect, public_uri, tracking_errors
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
-
-
-def requirements(model: TabularModel) -> list[str]:
-    """Pinned from the running versions, so MLflow need not load the model in a subprocess to infer them."""
-    packages = [
-        f"scikit-learn=={sklearn.__version__}",
-        f"skops=={skops.__version__}",
-        f"pandas=={pd.__version__}",
-        f"numpy=={np.__version__}",
-        f"mlflow=={mlflow.__version__}",
-    ]
-    if model.metadata["model"]["kind"] == "keras":
-        import keras
-        import tensorflow as tf
-
-        packages += [f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}"]
-    return packages
 
 
 class TabularRegistry:
@@ -74,11 +57,15 @@ class TabularRegistry:
 
         def compare(champion: Version) -> Comparison:
             """The champion's metric on this model's test rows (its own Pipeline does its own preprocessing)."""
-            theirs = TabularModel.load(champion_files(champion, MODEL_FILE).parent)
             frame, y_true = load_split(config.data_dir, "test")
+            with tempfile.TemporaryDirectory(prefix="champion-") as folder:
+                found = champion_file(champion, MODEL_FILE, Path(folder))
+                if found is None:
+                    return unloadable(champion, len(frame))
+                theirs = TabularModel.load(found.parent)
             positive = model.classes.index(model.metadata["positive_class"])
-            return Comparison(headline_metrics(y_true, theirs.predict_proba(frame), positive)[metric], challenger.score,
-                              len(frame))
+            scored = headline_metrics(y_true, theirs.predict_proba(frame), positive)[metric]
+            return Comparison(scored, challenger.score, len(frame))
 
         champion = store.champion()
         with tracking_errors(tracking.tracking_uri, "comparing with the champion"):
@@ -95,7 +82,7 @@ class TabularRegistry:
             mlflow.log_artifact(str(config.data_dir / "dataset.json"), artifact_path="data")
 
         run_name = f"{config.task.name}-evaluate-register"
-        save = lambda path: self.save_model(model, path)  # noqa: E731
+        save = functools.partial(self.save_model, model)
         version = register(store, decision, champion, run_name, None, log, save, tags)
         record = {
             "registered_model": tracking.registered_model,
@@ -124,7 +111,7 @@ class TabularRegistry:
             skops_trusted_types=TRUSTED_TYPES,
             signature=infer_signature(example, model.pipeline.predict_proba(example)),
             input_example=example,
-            pip_requirements=requirements(model),
+            pip_requirements=pinned_requirements(),
             code_paths=[str(Path(cancer_classifier.__file__).parent)],  # the Keras wrapper's class
             pyfunc_predict_fn="predict_proba",
             metadata={k: model.metadata[k] for k in ("task", "kind", "classes", "positive_class", "intended_use")},

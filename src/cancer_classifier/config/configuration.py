@@ -274,6 +274,12 @@ class ConfigurationManager:
         if self.config["data_ingestion"]["external_test"] is not None:
             self._check_source("external_test")
         self.tabular()  # the tabular tasks' sections are checked with everything else
+        http = self.config["tracking"]
+        if min(http["http_max_retries"], http["http_backoff_factor"]) < 0 or http["http_timeout_seconds"] < 1:
+            raise ConfigError(
+                f"{self.config_path}: 'tracking.http_max_retries' and 'tracking.http_backoff_factor' must be at "
+                "least 0, 'tracking.http_timeout_seconds' at least 1"
+            )
         serving = self.config["serving"]
         if serving["precision"] not in PRECISIONS:
             raise ConfigError(
@@ -498,6 +504,7 @@ class ConfigurationManager:
             positive_class=self.params["data"]["positive_class"],
             params=_flatten({group: values for group, values in self.params.items() if group != "tabular"}),
             tracking=self.tracking(),
+            serving=self.serving(),
         )
 
     def tabular(self) -> "TabularConfiguration":

@@ -133,6 +133,7 @@ class RegistryConfig:
     positive_class: str  # for the champion's score on this model's test split
     params: dict[str, str]  # params.yaml flattened ("training.epochs": "60"), logged with the run
     tracking: TrackingConfig
+    serving: "ServingConfig"  # the decoding settings the registered model's scoring server applies
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ inflates to a gigabyte. Only then is each upload decoded (``decode``), exactly a
 input within the budget.
 """
 
+import base64
+import binascii
 import io
 import math
 import re
@@ -141,6 +143,20 @@ def _mega(pixels: int) -> str:
 
 def _mib(size: int) -> str:
     return f"{size / 1024 / 1024:g} MB"
+
+
+def from_base64(encoded: object, max_bytes: int) -> bytes:
+    """The file in a base64 string (line breaks and a browser's ``data:`` prefix allowed), at most ``max_bytes``."""
+    if not isinstance(encoded, str):
+        raise BadRequest('"image" must be a base64 string')
+    if encoded.startswith("data:") and "," in encoded:  # a data URL straight from a browser
+        encoded = encoded.split(",", 1)[1]
+    if len(encoded) > max_bytes * 4 // 3 + 1024:  # before decoding: base64 is 4/3 of the bytes, plus line breaks
+        raise PayloadTooLarge(f"the image is larger than {_mib(max_bytes)}")
+    try:
+        return base64.b64decode("".join(encoded.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest('"image" is not valid base64') from None
 
 
 def sniff(data: bytes) -> str:

@@ -4,16 +4,16 @@ MLflow loads this file as the model's code ("models from code": no pickled Pytho
 the project's package from the model's ``code`` folder and the serving files (the same ones the
 app reads) from its artifacts. A request is what the app accepts, as base64:
 ``{"dataframe_records": [{"image": "<base64 of a PNG, JPEG or DICOM file>"}]}``; each record's
-answer is the app's: label, probabilities by class name and the out-of-distribution check.
-Decoding uses the app's default DICOM window and decode budget; serving is float32.
+answer is the app's: label, probabilities by class name and the out-of-distribution check. The
+app's limits and DICOM window travel with the model (``serving_settings.json``); it computes in
+float32, the evaluation's reference precision.
 """
 
-import base64
-import binascii
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 ANSWER_KEYS = ("label", "probabilities", "in_distribution", "ood_score", "precision")
@@ -21,26 +21,31 @@ ANSWER_KEYS = ("label", "probabilities", "in_distribution", "ood_score", "precis
 
 class ChestCTModel(PythonModel):
     def load_context(self, context) -> None:
+        from cancer_classifier.registration import SETTINGS_FILE
         from cancer_classifier.serving.predictor import Identity, ModelCard, Predictor
+        from cancer_classifier.utils.common import load_json
 
         files = Path(context.artifacts["serving"])
+        self.settings = load_json(files / SETTINGS_FILE)
         identity = Identity("registered model", "", None, "mlflow")
         self.predictor = Predictor.from_files(files, ModelCard(files / "model_card.json"), identity, "float32")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
-        from cancer_classifier.serving.inputs import DEFAULT_WINDOW, DecodeBudget, to_rgb
+        from cancer_classifier.serving.errors import ApiError
+        from cancer_classifier.serving.inputs import DecodeBudget, Window, from_base64, to_rgb
 
-        budget = DecodeBudget()
-        images = [to_rgb(decoded(value), DEFAULT_WINDOW, budget)[0] for value in model_input["image"]]
+        settings = self.settings
+        if len(model_input) > settings["max_batch"]:
+            raise MlflowException.invalid_parameter_value(
+                f"{len(model_input)} records in one request; at most {settings['max_batch']} (serving.max_batch)"
+            )
+        budget, window = DecodeBudget(**settings["decode_budget"]), Window(**settings["dicom_window"])
+        try:
+            files = [from_base64(value, settings["max_upload_bytes"]) for value in model_input["image"]]
+            images = [to_rgb(data, window, budget)[0] for data in files]
+        except ApiError as error:  # the app's own message (bad base64, over budget, not an image...)
+            raise MlflowException.invalid_parameter_value(str(error)) from None
         return [{key: answer[key] for key in ANSWER_KEYS} for answer in self.predictor.predict_many(images)]
-
-
-def decoded(value: object) -> bytes:
-    """The file in a base64 string; a clear error for anything else."""
-    try:
-        return base64.b64decode(str(value), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("each record's 'image' must be the base64 of a PNG, JPEG or DICOM file") from None
 
 
 mlflow.models.set_model(ChestCTModel())

@@ -31,8 +31,6 @@ from cancer_classifier.utils.logging import logger
 
 RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register one"
 MODEL_CARD_FILE = "model_card.json"
-# Where a registered model keeps the serving files (an MLflow pyfunc's artifacts; components/registry.py).
-REGISTERED_FILES = Path("artifacts") / "serving"
 
 
 class ModelUnavailable(Exception):
@@ -298,7 +296,7 @@ class Predictor:
     @classmethod
     def _from_registry(cls, config: ServingConfig) -> "Predictor":
         """The champion's files, downloaded once into a folder kept for the process's life."""
-        from cancer_classifier.registration import download_champion  # MLflow only in registry mode
+        from cancer_classifier.registration import REGISTERED_FILES, download_champion  # MLflow: registry mode only
 
         tracking = config.tracking
         try:
@@ -307,14 +305,18 @@ class Predictor:
             logger.error("%s", error)
             raise ModelUnavailable(str(error)) from None
         files = downloaded.path / REGISTERED_FILES
-        if not (files / MODEL_FILE).is_file():
-            raise ModelUnavailable(
-                f"{tracking.registered_model} version {downloaded.version} was registered in an older format whose "
-                "model loads only by unpickling code, which this app refuses: re-register it with "
-                "`dvc repro -f -s register`"
-            )
-        identity = Identity(tracking.registered_model, downloaded.version, True, "registry")
-        return cls.from_files(files, ModelCard(files / MODEL_CARD_FILE), identity, config.precision)
+        try:
+            if not (files / MODEL_FILE).is_file():
+                raise ModelUnavailable(
+                    f"{tracking.registered_model} version {downloaded.version} was registered in an older, pickled "
+                    "format that this app never loads: register the model again with `dvc repro -f -s register` "
+                    "(a version in the current format replaces it as champion)"
+                )
+            identity = Identity(tracking.registered_model, downloaded.version, True, "registry")
+            return cls.from_files(files, ModelCard(files / MODEL_CARD_FILE), identity, config.precision)
+        except BaseException:
+            downloaded.discard()  # the app looks again later: one copy at a time
+            raise
 
     # -- predicting ------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """Blueprints: the upload page, and the JSON API (/predict, /health, /ready, /metrics, /model-card)."""
 
 import base64
-import binascii
 import threading
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
@@ -17,7 +16,7 @@ from cancer_classifier.serving.errors import (
     json_body,
     public_text,
 )
-from cancer_classifier.serving.inputs import DecodeBudget, decode, probe
+from cancer_classifier.serving.inputs import DecodeBudget, decode, from_base64, probe
 from cancer_classifier.serving.monitoring import drift_plot
 from cancer_classifier.serving.predictor import ModelCardUnavailable
 from cancer_classifier.serving.tabular import services, task_models
@@ -159,15 +158,7 @@ def _upload_bytes() -> list[bytes]:
             raise BadRequest('malformed JSON: expected {"image": "<base64-encoded PNG, JPEG or DICOM>"}')
         if not isinstance(payload, dict) or set(payload) != {"image"}:
             raise BadRequest('expected a JSON object with exactly one key, "image", holding base64-encoded file bytes')
-        encoded = payload["image"]
-        if not isinstance(encoded, str):
-            raise BadRequest('"image" must be a base64 string')
-        if encoded.startswith("data:") and "," in encoded:  # a data URL straight from a browser
-            encoded = encoded.split(",", 1)[1]
-        try:
-            return [base64.b64decode("".join(encoded.split()), validate=True)]
-        except (binascii.Error, ValueError):
-            raise BadRequest('"image" is not valid base64') from None
+        return [from_base64(payload["image"], current_app.config["MAX_CONTENT_LENGTH"])]
     raise UnsupportedMediaType(
         f"unsupported request content type {clip(mimetype or 'none')}: send multipart/form-data with field 'file', "
         f'or application/json {{"image": "<base64>"}}, holding a {SUPPORTED_TYPES} file'

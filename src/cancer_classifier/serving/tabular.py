@@ -68,7 +68,10 @@ class TabularPredictor:
         except TrackingError as error:
             logger.error("%s", error)
             raise ModelUnavailable(str(error)) from None
-        model = cls._load(downloaded.path, config.task.name)
+        try:
+            model = cls._load(downloaded.path, config.task.name)
+        finally:
+            downloaded.discard()  # loaded into memory: the files are not needed again
         return cls(model, cls._info(model, tracking.registered_model, downloaded.version, "registry", True))
 
     @staticmethod
@@ -78,8 +81,8 @@ class TabularPredictor:
         except Exception:  # unreadable, an older pickled format, or a type outside TRUSTED_TYPES
             logger.exception("loading the %s model from %s failed", task, folder)
             raise ModelUnavailable(
-                f"the {task} model could not be loaded (see the server log); a model registered in an older format "
-                "(pickle) is refused: re-register it with `dvc repro -f -s tabular_register`"
+                f"the {task} model could not be loaded (see the server log); a model registered in an older, pickled "
+                f"format is never loaded: register it again with `dvc repro -f -s tabular_register@{task}`"
             ) from None
 
     def predict(self, rows: pd.DataFrame) -> list[dict]:
