@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import distributions, version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow
@@ -55,9 +55,11 @@ RUNTIME_PACKAGES = (
 
 def pinned_requirements() -> list[str]:
     """This environment's versions of what serving imports: one TensorFlow (the one installed), no project."""
-    installed = {dist.metadata["Name"].lower() for dist in distributions()}
-    tensorflow = next(name for name in ("tensorflow-cpu", "tensorflow") if name in installed)
-    return [f"{name}=={version(name)}" for name in (tensorflow, *RUNTIME_PACKAGES)]
+    try:
+        tensorflow = f"tensorflow-cpu=={version('tensorflow-cpu')}"
+    except PackageNotFoundError:  # the full TensorFlow (macOS, GPU machines)
+        tensorflow = f"tensorflow=={version('tensorflow')}"
+    return [tensorflow, *(f"{name}=={version(name)}" for name in RUNTIME_PACKAGES)]
 
 
 def alias_tag(alias: str) -> str:
