@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Bring what the app serves, exactly as dvc.lock pins it, from the DVC remote (.dvc/config), without
+# the data or the feature cache: run in the project folder, before `docker build --target pulled`
+# (CI does: .github/workflows/ci-cd.yml) or before serving a fresh clone with gunicorn.
+#
+#   deploy/dvc/pull-model.sh [extra dvc pull options, e.g. --remote storage]
+#
+# Pulled: the chest-CT model with its class map, drift and OOD references (training), its card
+# (evaluation), its registration record (register), and each enabled tabular task's model and record.
+set -euo pipefail
+
+stages=(training evaluation register)
+# The tabular stages exist only while params.yaml enables a task (dvc.yaml's foreach).
+if dvc stage list --name-only | grep -q '^tabular_register@'; then
+  stages+=(tabular_training tabular_register)
+fi
+dvc pull "$@" "${stages[@]}"
+
+# A checkout dates every file now, in no set order, and serving takes a registration record older
+# than its model for a stale one ("unregistered"). dvc.lock vouches that they belong together.
+find artifacts -path '*/register/registration.json' -exec touch {} +
