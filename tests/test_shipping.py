@@ -30,7 +30,7 @@ import pytest
 import yaml
 from docker.utils.build import PatternMatcher
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_PARAMS, merge
 from tests.tabular_support import run_task, tabular_project
 from tests.test_browser import free_port, wait_ready
 
@@ -141,12 +141,12 @@ def test_dockerfile_passes_hadolint_with_no_finding_at_any_level():
 
 def test_image_is_multi_stage_slim_non_root_and_serves_gunicorn_on_8080_with_a_health_check():
     stages = [arguments.split()[-1] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
-    assert stages == ["builder", "runtime", "baked"]
+    assert stages == ["builder", "registry", "pulled", "demo-trainer", "demo"]  # the last is the default
     bases = [arguments.split()[0] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
     assert bases[:2] == ["${PYTHON_IMAGE}"] * 2
     arg = next(a for s, i, a in dockerfile() if i == "ARG" and a.startswith("PYTHON_IMAGE="))
     assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim-\w+", arg)
-    runtime = stage_instructions("runtime")
+    runtime = stage_instructions("registry")
     assert ("USER", "10001:10001") in runtime
     assert ("EXPOSE", "8080") in runtime
     cmd = json.loads(next(a for i, a in runtime if i == "CMD"))
@@ -154,7 +154,7 @@ def test_image_is_multi_stage_slim_non_root_and_serves_gunicorn_on_8080_with_a_h
     health = next(a for i, a in runtime if i == "HEALTHCHECK")
     assert json.loads(health.split("CMD", 1)[1]) == ["probe", "/health"]
     # Nothing is compiled or installed in the final stages: packages come built from the builder.
-    runs = " ".join(a for i, a in stage_instructions("runtime", "baked") if i == "RUN")
+    runs = " ".join(a for i, a in stage_instructions("registry", "pulled", "demo-trainer", "demo") if i == "RUN")
     assert not re.search(r"\b(pip|apt-get|gcc|make)\b", runs)
     pip_runs = [a for i, a in stage_instructions("builder") if i == "RUN" and "pip " in a]
     assert pip_runs and all(a.count("--no-cache-dir") == a.count("pip ") for a in pip_runs)  # no pip cache either
@@ -178,7 +178,7 @@ def test_image_installs_requirements_txt_without_the_editable_project_and_the_de
 
 def test_build_context_holds_what_the_dockerfile_copies_and_never_data_runs_or_secrets(tmp_path):
     sources = []
-    for instruction, arguments in stage_instructions("builder", "runtime", "baked"):
+    for instruction, arguments in stage_instructions("builder", "registry", "pulled"):
         flags, words = flags_and_words(arguments)
         if instruction == "COPY" and "from" not in flags:
             sources += [word.rstrip("/") for word in words[:-1]]
@@ -278,86 +278,117 @@ def test_probe_exits_0_only_for_http_200():
 # -- the image's entry command, run on loopback ------------------------------------------------------
 
 
-def lay_out_image(trained_root: Path, root: Path) -> tuple[Path, dict, dict]:
-    """The `baked` image's files under ``root`` (``/app`` -> ``root/app``), as its COPY instructions
-    put them, from the build context that .dockerignore lets through. The context is a checkout
-    after the pipeline ran: the repository's code, with the tiny trained project's artifacts and
-    the params.yaml they were trained with. Returns /app, the image's environment (ENV, with
-    /opt/venv as this venv) and the stage's build arguments."""
-    repo_context, trained_context = context_files(REPO), context_files(trained_root)
-    env = {"PATH": f"{root}/usr/local/bin{os.pathsep}{os.environ['PATH']}"}
-    build_args, workdir = {}, Path("/")
+def checkout(root: Path, params: dict, outputs_from: Path | None = None) -> Path:
+    """A fresh clone of this repository at ``root`` (the files git tracks: no artifacts), with
+    ``params`` over params.yaml and, if given, the pipeline outputs of the project ``outputs_from``
+    (a checkout after `dvc repro` or deploy/dvc/pull-model.sh)."""
+    tracked = run("git", "ls-files", "--cached", "--others", "--exclude-standard").stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file() and not name.startswith("artifacts/"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(base, params)))
+    if outputs_from is not None:
+        shutil.copytree(outputs_from / "artifacts", root / "artifacts")
+    return root
+
+
+def copy_matching(source: str, base: Path, files: set[str], target: Path, mode: str | None) -> None:
+    """COPY's rules: ``source`` names files or folders of ``files`` (relative to ``base``); a folder's
+    contents are copied; a file goes into a folder target or becomes the target."""
+    pattern = source.strip("/")
+    named = {
+        prefix for f in files for prefix in [f, *map(str, Path(f).parents)] if fnmatch.fnmatchcase(prefix, pattern)
+    }
+    assert named or is_glob(source), f"COPY {source}: not in the build context"
+    for file, root in [(f, r) for f in sorted(files) for r in named if f == r or f.startswith(r + "/")]:
+        if file == root:
+            destination = target / Path(file).name if target.is_dir() else target
+        else:
+            destination = target / Path(file).relative_to(root)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(base / file, destination)  # Docker's COPY keeps modification times too
+        if mode:
+            destination.chmod(int(mode, 8))
+
+
+def lay_out_image(context: Path, root: Path, target: str) -> tuple[Path, dict]:
+    """The image's files for ``target`` under ``root`` (``/app`` -> ``root/app``), built from the
+    build context that .dockerignore lets through from the checkout ``context``, instruction by
+    instruction: a stage on another stage continues its files, workdir and environment; COPY
+    --from a stage lays that stage out beside ``root``; RUN runs with ``sh -c`` as Docker does (with
+    this venv as /opt/venv and no network), except the registry stage's user and folder setup.
+    Returns /app and the image's environment."""
+    files = context_files(context)
+    bases = {stage: arguments.split()[0] for stage, instruction, arguments in dockerfile() if instruction == "FROM"}
+    state = {"env": {"PATH": f"{root}/usr/local/bin{os.pathsep}{os.environ['PATH']}"}, "workdir": Path("/")}
 
     def here(path: str) -> Path:
-        return root / (workdir / path).relative_to("/")
+        return root / (state["workdir"] / path).relative_to("/")
 
-    def copy(source: str, target: Path, mode: str | None) -> None:
-        from_checkout = source.startswith("artifacts/") or source == "params.yaml"
-        base, context = (trained_root, trained_context) if from_checkout else (REPO, repo_context)
-        pattern = source.rstrip("/")
-        # What the source names: a file, or a folder whose contents are copied (a wildcard may name none).
-        roots = {
-            prefix
-            for f in context
-            for prefix in [f, *map(str, Path(f).parents)]
-            if fnmatch.fnmatchcase(prefix, pattern)
-        }
-        assert roots or is_glob(source), f"COPY {source}: not in the build context"
-        files = [(f, r) for f in sorted(context) for r in roots if f == r or f.startswith(r + "/")]
-        for file, named in files:
-            if file == named:  # a file: into the folder target, or as the target
-                destination = target / Path(file).name if target.is_dir() else target
-            else:
-                destination = target / Path(file).relative_to(named)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(base / file, destination)  # Docker's COPY keeps modification times too
-            if mode:
-                destination.chmod(int(mode, 8))
-
-    for instruction, arguments in stage_instructions("runtime", "baked"):
+    if bases[target] in bases:  # FROM another stage: its files first
+        app, state["env"] = lay_out_image(context, root, bases[target])
+        state["workdir"] = Path("/") / app.relative_to(root)
+    build_args = {}
+    for instruction, arguments in stage_instructions(target):
         flags, words = flags_and_words(arguments)
         if instruction == "WORKDIR":
-            workdir = Path(arguments)
+            state["workdir"] = Path(arguments)
             here(".").mkdir(parents=True, exist_ok=True)
         elif instruction == "ARG":
             name, _, default = arguments.partition("=")
             build_args[name] = default
         elif instruction == "ENV":
             for name, value in (word.split("=", 1) for word in shlex.split(arguments)):
-                value = value.replace("/opt/venv/bin", str(BIN)).replace("$PATH", env["PATH"])
-                env[name] = re.sub(r"^/app\b", str(root / "app"), value)
-        elif instruction == "COPY" and flags.get("from") == "builder" and words[0] == "/app/src":
-            # The builder's last step: the project's wheel, unpacked into /app/src.
-            build = root / "build"
-            for file in repo_context:
-                if file in ("pyproject.toml", "setup.py") or file.startswith("src/"):
-                    (build / file).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(REPO / file, build / file)
-            pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-            assert (
-                run(
-                    *pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", root / "wheels", build
-                ).returncode
-                == 0
-            )
-            wheel = next((root / "wheels").glob("*.whl"))
-            assert run(*pip, "install", "--no-deps", "--no-index", "--target", here(words[1]), wheel).returncode == 0
-        elif instruction == "COPY" and "from" not in flags:
-            *sources, target = words
-            target_path = here(target) if not target.startswith("/") else root / target.lstrip("/")
-            if target.endswith("/"):
+                value = value.replace("/opt/venv/bin", str(BIN)).replace("$PATH", state["env"]["PATH"])
+                state["env"][name] = re.sub(r"^/app\b", str(root / "app"), value)
+        elif instruction == "COPY" and flags.get("from") == "builder":
+            assert words == ["/app/src", "src/"] or words[0] == "/opt/venv", words
+            if words[0] == "/app/src":
+                install_project_wheel(root, here(words[1]))
+        elif instruction == "COPY":
+            *sources, destination = words
+            target_path = here(destination) if not destination.startswith("/") else root / destination.lstrip("/")
+            if destination.endswith("/"):
                 target_path.mkdir(parents=True, exist_ok=True)
+            base, found = context, files
+            if "from" in flags:  # another stage's files
+                base = root.parent / flags["from"]
+                lay_out_image(context, base, flags["from"])
+                found = {str(f.relative_to(base)) for f in base.rglob("*") if f.is_file()}
             for source in sources:
-                copy(source, target_path, flags.get("chmod"))
-        elif instruction == "RUN" and flags.get("mount", "").startswith("type=bind"):
-            # The champion check, with the mounted script from the build context.
-            mount = dict(part.split("=") for part in flags["mount"].split(","))
-            command = " ".join(words).replace(mount["target"], str(REPO / mount["source"]))
+                copy_matching(source, base, found, target_path, flags.get("chmod"))
+        elif instruction == "RUN" and target != "registry":
+            command = " ".join(words)
+            if flags.get("mount", "").startswith("type=bind"):
+                mount = dict(part.split("=") for part in flags["mount"].split(","))
+                command = command.replace(mount["target"], str(context / mount["source"]))
             for name, value in build_args.items():
                 command = command.replace(f"${{{name}}}", value)
-            result = run(*shlex.split(command), cwd=here("."), env=os.environ | env)
-            assert result.returncode == 0, f"RUN {command}: {result.stderr}"
-    return root / "app", env, build_args
+            result = run("sh", "-c", command, cwd=here("."), env=image_build_env(state["env"]), timeout=900)
+            assert result.returncode == 0, f"RUN {command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return root / "app", state["env"]
+
+
+def install_project_wheel(root: Path, target: Path) -> None:
+    """The builder's last step: the project (this checkout's src/) as a wheel, unpacked into /app/src."""
+    build = root / "build"
+    for file in context_files(REPO):
+        if file in ("pyproject.toml", "setup.py") or file.startswith("src/"):
+            (build / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / file, build / file)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    wheel = run(*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", root / "wheels", build)
+    assert wheel.returncode == 0, wheel.stderr
+    wheel_file = next((root / "wheels").glob("*.whl"))
+    assert run(*pip, "install", "--no-deps", "--no-index", "--target", target, wheel_file).returncode == 0
+
+
+def image_build_env(image_env: dict) -> dict:
+    """A build step's environment: the image's, no MLflow server, and no network (a proxy that refuses)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | image_env
+    return env | {key: "http://127.0.0.1:9" for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
 
 
 @pytest.fixture(scope="module")
@@ -373,8 +404,33 @@ def enabled_tabular_models(trained_project, tmp_path_factory) -> tuple[str, ...]
     return enabled
 
 
-def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_project, enabled_tabular_models, tmp_path):
-    app_dir, image_env, _ = lay_out_image(trained_project.root, tmp_path / "image")
+@pytest.fixture(params=["pulled", "demo"])
+def image(request, tmp_path) -> tuple[str, Path, dict]:
+    """A target laid out from a checkout on tiny settings: `pulled` from the outputs of the tiny
+    trained project; `demo` (the default) from a fresh clone, training in its demo-trainer stage
+    with the stage's own command (test_dvc_pipeline.py runs the default settings)."""
+    if request.param == "pulled":
+        request.getfixturevalue("enabled_tabular_models")
+        context = checkout(tmp_path / "context", TINY_PARAMS, request.getfixturevalue("trained_project").root)
+    else:
+        context = checkout(tmp_path / "context", TINY_PARAMS)
+        assert not (context / "artifacts").exists()
+    return (request.param, *lay_out_image(context, tmp_path / "image", request.param))
+
+
+def test_the_demo_and_pulled_targets_copy_the_same_serving_files():
+    def copies(stage: str) -> list[list[str]]:
+        return [
+            [word.removeprefix("/app/") for word in flags_and_words(arguments)[1]]
+            for instruction, arguments in stage_instructions(stage)
+            if instruction == "COPY"
+        ]
+
+    assert copies("demo") == copies("pulled") and len(copies("demo")) == 4
+
+
+def test_image_entry_command_serves_its_model_on_loopback(image, tmp_path):
+    target, app_dir, image_env = image
     # Served from the image's own copy of the package, so templates/ and static/ are those of /app.
     origin = run(
         sys.executable,
@@ -384,11 +440,12 @@ def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_proje
         env=os.environ | image_env,
     )
     assert Path(origin.stdout.strip()).is_relative_to(app_dir / "src"), origin.stdout + origin.stderr
+    assert not (app_dir / "artifacts/data_ingestion").exists()  # the model's files only, never the data
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | image_env
     env |= {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}  # loopback only
-    command = json.loads(next(a for i, a in stage_instructions("runtime") if i == "CMD"))
+    command = json.loads(next(a for i, a in stage_instructions("registry") if i == "CMD"))
     log = tmp_path / "gunicorn.log"
     with log.open("w") as output:
         process = subprocess.Popen(command, cwd=app_dir, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -397,13 +454,13 @@ def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_proje
         wait_ready(url, 120)
         ready = json.load(urllib.request.urlopen(f"{url}/ready", timeout=10))
         registration = json.loads((app_dir / "artifacts/register/registration.json").read_text())
-        assert ready["model"]["source"] == "local"
+        assert ready["model"]["source"] == "local" and ready["model"]["demo"] is True  # synthetic data, both
         assert ready["model"]["version"] == str(registration["version"])  # the baked, registered model
-        for task in enabled_tabular_models:  # baked too, through the wildcard COPY
+        for task in yaml.safe_load((app_dir / "params.yaml").read_text())["tabular"]["enabled"]:  # the wildcard COPY
             assert (app_dir / "artifacts/tabular" / task / "training").is_dir() and ready["tasks"][task]["loaded"]
         assert urllib.request.urlopen(f"{url}/", timeout=10).status == 200  # the page, from /app/templates
         assert urllib.request.urlopen(f"{url}/model-card", timeout=10).status == 200
-        health = next(a for i, a in stage_instructions("runtime") if i == "HEALTHCHECK")
+        health = next(a for i, a in stage_instructions("registry") if i == "HEALTHCHECK")
         check = json.loads(health.split("CMD", 1)[1])
         assert run(*check, cwd=app_dir, env=env).returncode == 0, "the image's HEALTHCHECK fails"
         assert run("probe", "/ready", cwd=app_dir, env=env).returncode == 0
