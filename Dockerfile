@@ -19,13 +19,14 @@
 #           artifacts mounted at /app/artifacts; the image compose's trainer and Kubeflow's stages run.
 # CPU TensorFlow only: requirements.txt pins tensorflow-cpu.
 
-# The base image, by tag. For byte-for-byte rebuilds pin its digest as well, e.g.
-#   PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest of `docker buildx imagetools inspect python:3.11-slim-bookworm`>
-# and bump it with the tag (Dependabot's docker ecosystem proposes new digests: .github/dependabot.yml).
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# ---- base: the one base image, named once in a literal FROM so Dependabot's docker ecosystem can
+# propose its updates (.github/dependabot.yml; Dependabot does not follow an ARG in FROM). For
+# byte-for-byte rebuilds, pin its digest too: python:3.11-slim-bookworm@sha256:<digest>, the digest
+# from `docker buildx imagetools inspect python:3.11-slim-bookworm`; Dependabot then moves both.
+FROM python:3.11-slim-bookworm AS base
 
 # ---- builder: the virtual environment and the project, built here so no build tool reaches the final image
-FROM ${PYTHON_IMAGE} AS builder
+FROM base AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -50,7 +51,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /build/wheels . \
     && pip install --no-cache-dir --no-deps --target /app/src /build/wheels/*.whl
 
 # ---- registry: the app, without a model
-FROM ${PYTHON_IMAGE} AS registry
+FROM base AS registry
 ARG GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="cancer-classifier" \
       org.opencontainers.image.description="Chest CT classifier (VGG16, CPU) served by gunicorn. Research only, not for clinical use." \

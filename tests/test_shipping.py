@@ -141,11 +141,11 @@ def test_dockerfile_passes_hadolint_with_no_finding_at_any_level():
 
 def test_image_is_multi_stage_slim_non_root_and_serves_gunicorn_on_8080_with_a_health_check():
     stages = [arguments.split()[-1] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
-    assert stages == ["builder", "registry", "pulled", "demo-trainer", "demo"]  # the last is the default
+    assert stages == ["base", "builder", "registry", "pulled", "demo-trainer", "demo"]  # the last is the default
     bases = [arguments.split()[0] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
-    assert bases[:2] == ["${PYTHON_IMAGE}"] * 2
-    arg = next(a for s, i, a in dockerfile() if i == "ARG" and a.startswith("PYTHON_IMAGE="))
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim-\w+", arg)
+    # One external image, in a literal FROM that Dependabot can update (optionally @sha256:<digest>).
+    assert re.fullmatch(r"python:3\.11-slim-\w+(@sha256:[0-9a-f]{64})?", bases[0])
+    assert bases[1:] == ["base", "base", "registry", "registry", "registry"]
     runtime = stage_instructions("registry")
     assert ("USER", "10001:10001") in runtime
     assert ("EXPOSE", "8080") in runtime
@@ -327,47 +327,49 @@ def lay_out_image(context: Path, root: Path, target: str) -> tuple[Path, dict]:
     def here(path: str) -> Path:
         return root / (state["workdir"] / path).relative_to("/")
 
-    if bases[target] in bases:  # FROM another stage: its files first
-        app, state["env"] = lay_out_image(context, root, bases[target])
-        state["workdir"] = Path("/") / app.relative_to(root)
-    build_args = {}
-    for instruction, arguments in stage_instructions(target):
-        flags, words = flags_and_words(arguments)
-        if instruction == "WORKDIR":
-            state["workdir"] = Path(arguments)
-            here(".").mkdir(parents=True, exist_ok=True)
-        elif instruction == "ARG":
-            name, _, default = arguments.partition("=")
-            build_args[name] = default
-        elif instruction == "ENV":
-            for name, value in (word.split("=", 1) for word in shlex.split(arguments)):
-                value = value.replace("/opt/venv/bin", str(BIN)).replace("$PATH", state["env"]["PATH"])
-                state["env"][name] = re.sub(r"^/app\b", str(root / "app"), value)
-        elif instruction == "COPY" and flags.get("from") == "builder":
-            assert words == ["/app/src", "src/"] or words[0] == "/opt/venv", words
-            if words[0] == "/app/src":
-                install_project_wheel(root, here(words[1]))
-        elif instruction == "COPY":
-            *sources, destination = words
-            target_path = here(destination) if not destination.startswith("/") else root / destination.lstrip("/")
-            if destination.endswith("/"):
-                target_path.mkdir(parents=True, exist_ok=True)
-            base, found = context, files
-            if "from" in flags:  # another stage's files
-                base = root.parent / flags["from"]
-                lay_out_image(context, base, flags["from"])
-                found = {str(f.relative_to(base)) for f in base.rglob("*") if f.is_file()}
-            for source in sources:
-                copy_matching(source, base, found, target_path, flags.get("chmod"))
-        elif instruction == "RUN" and target != "registry":
-            command = " ".join(words)
-            if flags.get("mount", "").startswith("type=bind"):
-                mount = dict(part.split("=") for part in flags["mount"].split(","))
-                command = command.replace(mount["target"], str(context / mount["source"]))
-            for name, value in build_args.items():
-                command = command.replace(f"${{{name}}}", value)
-            result = run("sh", "-c", command, cwd=here("."), env=image_build_env(state["env"]), timeout=900)
-            assert result.returncode == 0, f"RUN {command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    def build(stage: str) -> None:
+        if bases[stage] in bases:  # FROM another stage: its files, workdir and environment first
+            build(bases[stage])
+        build_args = {}
+        for instruction, arguments in stage_instructions(stage):
+            flags, words = flags_and_words(arguments)
+            if instruction == "WORKDIR":
+                state["workdir"] = Path(arguments)
+                here(".").mkdir(parents=True, exist_ok=True)
+            elif instruction == "ARG":
+                name, _, default = arguments.partition("=")
+                build_args[name] = default
+            elif instruction == "ENV":
+                for name, value in (word.split("=", 1) for word in shlex.split(arguments)):
+                    value = value.replace("/opt/venv/bin", str(BIN)).replace("$PATH", state["env"]["PATH"])
+                    state["env"][name] = re.sub(r"^/app\b", str(root / "app"), value)
+            elif instruction == "COPY" and flags.get("from") == "builder":
+                assert words == ["/app/src", "src/"] or words[0] == "/opt/venv", words
+                if words[0] == "/app/src":
+                    install_project_wheel(root, here(words[1]))
+            elif instruction == "COPY":
+                *sources, destination = words
+                target_path = here(destination) if not destination.startswith("/") else root / destination.lstrip("/")
+                if destination.endswith("/"):
+                    target_path.mkdir(parents=True, exist_ok=True)
+                base, found = context, files
+                if "from" in flags:  # another stage's files
+                    base = root.parent / flags["from"]
+                    lay_out_image(context, base, flags["from"])
+                    found = {str(f.relative_to(base)) for f in base.rglob("*") if f.is_file()}
+                for source in sources:
+                    copy_matching(source, base, found, target_path, flags.get("chmod"))
+            elif instruction == "RUN" and stage != "registry":
+                command = " ".join(words)
+                if flags.get("mount", "").startswith("type=bind"):
+                    mount = dict(part.split("=") for part in flags["mount"].split(","))
+                    command = command.replace(mount["target"], str(context / mount["source"]))
+                for name, value in build_args.items():
+                    command = command.replace(f"${{{name}}}", value)
+                result = run("sh", "-c", command, cwd=here("."), env=image_build_env(state["env"]), timeout=900)
+                assert result.returncode == 0, f"RUN {command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+    build(target)
     return root / "app", state["env"]
 
 
@@ -571,28 +573,99 @@ def test_ci_cd_tests_every_change_and_ships_only_tested_commits_of_main_with_oid
     assert any("ruff check ." in s for s in scripts)
     assert any(s.strip().endswith("pytest") for s in scripts)  # the README's test command
 
+    settings = jobs["settings"]
+    decide = next(s for s in settings["steps"] if s.get("id") == "decide")
+    assert decide["run"] == ".github/scripts/deploy-settings.sh"
+    assert set(decide["env"]) == {
+        "DEPLOY",
+        "MODEL_SOURCE",
+        "AWS_ROLE_ARN",
+        "AWS_REGION",
+        "AWS_ACCOUNT_ID",
+        "ECR_REPOSITORY",
+    }
+
     image = jobs["image"]
-    assert image["needs"] == "test" and "refs/heads/main" in image["if"]
+    assert image["needs"] == ["test", "settings"] and image["if"] == "needs.settings.outputs.ship == 'true'"
     assert image["permissions"]["id-token"] == "write"
     uses = {s["uses"].split("@")[0]: s for s in image["steps"] if "uses" in s}
     credentials = uses["aws-actions/configure-aws-credentials"]["with"]
     assert set(credentials) == {"role-to-assume", "aws-region"}  # OIDC: no access keys
+    # The pinned model is pulled (the same script the DVC round trip test runs), then built into the image.
+    steps = [s.get("run", "") + s.get("uses", "") for s in image["steps"]]
+    pull = next(i for i, s in enumerate(steps) if "deploy/dvc/pull-model.sh" in s)
+    assert pull < next(i for i, s in enumerate(steps) if s.startswith("docker/build-push-action@"))
     build = uses["docker/build-push-action"]["with"]
-    assert build["push"] is True and build["target"] == "runtime"
-    assert build["tags"].splitlines() == [
-        "${{ env.IMAGE_REPOSITORY }}:${{ github.sha }}",
-        "${{ env.IMAGE_REPOSITORY }}:latest",
-    ]
+    assert build["push"] is True and build["target"] == "${{ env.TARGET }}"
+    assert image["env"]["TARGET"] == "${{ needs.settings.outputs.target }}"
+    model = next(s for s in image["steps"] if s.get("id") == "model")["run"]
+    assert "$IMAGE_REPOSITORY:$GITHUB_SHA" in model and "$IMAGE_REPOSITORY:model-${sha256:0:12}" in model
+    assert build["tags"] == "${{ steps.model.outputs.tags }}"
     assert build["cache-from"] == "type=gha" and build["cache-to"].startswith("type=gha")
 
     deploy = jobs["deploy"]
-    assert deploy["needs"] == "image" and deploy["runs-on"][0] == "self-hosted" and "ec2" in deploy["runs-on"]
+    assert (
+        deploy["needs"] == ["settings", "image"]
+        and deploy["runs-on"][0] == "self-hosted"
+        and "ec2" in deploy["runs-on"]
+    )
     assert deploy["concurrency"]["cancel-in-progress"] is False
-    assert any(
-        s.get("run", "").startswith('deploy/ec2/deploy.sh "$IMAGE_REPOSITORY:$GITHUB_SHA"') for s in deploy["steps"]
+    runs = [s.get("run", "") for s in deploy["steps"]]
+    assert runs.index('deploy/ec2/deploy.sh "$IMAGE_REPOSITORY:$GITHUB_SHA"') < next(
+        i for i, r in enumerate(runs) if r.startswith("python3 deploy/ec2/check-model.py http://127.0.0.1:8080")
     )
     text = "\n".join(p.read_text() for p in (REPO / ".github/workflows").glob("*.yml"))
     assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+
+
+AWS_VARIABLES = {
+    "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/deploy",
+    "AWS_REGION": "eu-west-1",
+    "AWS_ACCOUNT_ID": "123456789012",
+    "ECR_REPOSITORY": "cancer-classifier",
+}
+
+
+@pytest.mark.parametrize(
+    ("variables", "event", "status", "outputs", "message"),
+    [
+        ({}, "push", 0, "ship=false\ntarget=none", "Deploy is off: the repository variable DEPLOY is not set"),
+        (AWS_VARIABLES | {"DEPLOY": "aws"}, "push", 0, "ship=true\ntarget=pulled", "Deploy is on: image target pulled"),
+        (AWS_VARIABLES | {"DEPLOY": "aws", "MODEL_SOURCE": "registry"}, "push", 0, "ship=true\ntarget=registry", ""),
+        (AWS_VARIABLES | {"DEPLOY": "aws"}, "pull_request", 0, "ship=false\ntarget=pulled", "only pushes to main ship"),
+        (
+            {"DEPLOY": "aws", "AWS_REGION": "eu-west-1"},
+            "push",
+            1,
+            "",
+            "DEPLOY=aws needs the repository variables AWS_ROLE_ARN AWS_ACCOUNT_ID ECR_REPOSITORY",
+        ),
+        (AWS_VARIABLES | {"DEPLOY": "aws", "MODEL_SOURCE": "s3"}, "push", 1, "", "MODEL_SOURCE is 's3'"),
+        ({"DEPLOY": "yes"}, "push", 1, "", "DEPLOY is 'yes': set it to aws"),
+    ],
+)
+def test_deploy_settings_ship_only_when_asked_and_name_what_is_missing(
+    tmp_path, variables, event, status, outputs, message
+):
+    """.github/scripts/deploy-settings.sh as the settings job runs it: a fork without AWS tests only
+    and says so; DEPLOY=aws with a variable missing fails, naming it."""
+    summary, output = tmp_path / "summary.md", tmp_path / "output"
+    github = {"GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output), "GITHUB_EVENT_NAME": event}
+    github["GITHUB_REF"] = "refs/heads/main" if event == "push" else "refs/pull/1/merge"
+    env = {k: v for k, v in os.environ.items() if k not in AWS_VARIABLES and k not in ("DEPLOY", "MODEL_SOURCE")}
+    result = run("bash", ".github/scripts/deploy-settings.sh", env=env | github | variables)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert (output.read_text().strip() if output.exists() else "") == outputs
+    assert message in summary.read_text()
+    if status:  # an error annotation on the run, not only a line in the summary
+        assert f"::error::{message}" in result.stdout
+
+
+def test_deploy_settings_script_passes_shellcheck():
+    result = run(
+        tool("shellcheck"), "--severity=style", ".github/scripts/deploy-settings.sh", "deploy/dvc/pull-model.sh"
+    )
+    assert result.returncode == 0, result.stdout
 
 
 # -- the EC2 blue-green deploy, against a stand-in docker CLI --------------------------------------
