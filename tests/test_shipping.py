@@ -476,19 +476,30 @@ def test_image_entry_command_serves_its_model_on_loopback(image, tmp_path):
 # -- docker-compose.yml ------------------------------------------------------------------------------
 
 
-def compose_config(*arguments) -> subprocess.CompletedProcess:
-    return run(tool("docker-compose"), "--project-directory", REPO, *arguments, env=tool_env())
+def compose_config(*arguments, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run(tool("docker-compose"), "--project-directory", REPO, *arguments, env=tool_env(**(env or {})))
 
 
-def test_compose_file_is_valid_for_the_compose_spec_and_for_docker_compose(tmp_path):
-    schema = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
+COMPOSE_FILES = ("docker-compose.yml", "deploy/compose/registry.yml")
+REGISTRY_MODE = ("-f", COMPOSE_FILES[0], "-f", COMPOSE_FILES[1])
+
+
+def compose_services(*arguments, env: dict | None = None) -> dict:
+    result = compose_config(*arguments, "config", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+def test_compose_files_are_valid_for_the_compose_spec_and_for_docker_compose(tmp_path):
+    schema = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *COMPOSE_FILES)
     assert schema.returncode == 0, schema.stdout + schema.stderr
-    for profile in ([], ["--profile", "monitoring"]):
-        loaded = compose_config("-f", "docker-compose.yml", *profile, "config", "--quiet")
-        assert loaded.returncode == 0, loaded.stderr
-    # The same checks catch a mistake (a misspelt condition, an undeclared volume).
-    broken = (REPO / "docker-compose.yml").read_text().replace("service_healthy", "service_health", 1)
-    broken = broken.replace("- artifacts:/app/artifacts", "- artefacts:/app/artifacts")
+    for files in (("-f", COMPOSE_FILES[0]), REGISTRY_MODE):
+        for profile in ([], ["--profile", "monitoring"], ["--profile", "local-mlflow"]):
+            loaded = compose_config(*files, *profile, "config", "--quiet")
+            assert loaded.returncode == 0, loaded.stderr
+    # The same checks catch a mistake (a misspelt key, an undeclared volume).
+    broken = (REPO / "docker-compose.yml").read_text().replace("healthcheck:", "healthchek:", 1)
+    broken = broken.replace("- prediction-log:", "- prediction-logs:")
     (tmp_path / "docker-compose.yml").write_text(broken)
     assert (
         run(
@@ -499,35 +510,16 @@ def test_compose_file_is_valid_for_the_compose_spec_and_for_docker_compose(tmp_p
     assert compose_config("-f", tmp_path / "docker-compose.yml", "config", "--quiet").returncode != 0
 
 
-def test_compose_stack_trains_registers_then_serves_the_champion_from_mlflow():
-    result = compose_config("-f", "docker-compose.yml", "--profile", "monitoring", "config", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    stack = json.loads(result.stdout)
-    services = stack["services"]
-    assert set(services) == {"mlflow", "trainer", "app", "prometheus", "grafana"}
-    for name in ("mlflow", "trainer", "app"):
-        assert services[name]["build"]["target"] == "runtime" and services[name]["image"] == "cancer-classifier:local"
-
-    mlflow = services["mlflow"]
-    port = re.search(r"--port=(\d+)", " ".join(mlflow["command"])).group(1)
-    hosts = re.search(r"--allowed-hosts=(\S+)", " ".join(mlflow["command"])).group(1).split(",")
-    assert f"mlflow:{port}" in hosts  # the Host header the other services send
-    mounts = {m["target"]: m for m in mlflow["volumes"]}
-    backend = re.search(r"--backend-store-uri=sqlite:///(/\S+)/", " ".join(mlflow["command"])).group(1)
-    artifacts = re.search(r"--artifacts-destination=(\S+)", " ".join(mlflow["command"])).group(1)
-    for folder in (backend, artifacts):
-        assert mounts[folder]["type"] == "volume" and mounts[folder]["source"] in stack["volumes"]
-    assert mlflow["healthcheck"]["test"][-1] == f"http://127.0.0.1:{port}/health"
-
-    for name in ("trainer", "app"):
-        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
-    assert services["trainer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    assert services["trainer"]["command"] == ["python", "main.py"]
+def test_compose_serves_the_model_baked_into_the_image_without_any_server():
+    services = compose_services("-f", "docker-compose.yml", "--profile", "monitoring")
+    assert set(services) == {"app", "prometheus", "grafana"}
     app = services["app"]
-    assert app["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    assert app["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert app["build"]["target"] == "demo" and app["image"] == "cancer-classifier:demo"  # the default target
+    assert not [name for name in app.get("environment", {}) if name.startswith("MLFLOW_")]
     assert app["healthcheck"]["test"] == ["CMD", "probe", "/ready"]
     assert [(p["target"], p["published"]) for p in app["ports"]] == [(8080, "8080")]
+    pulled = compose_services("-f", "docker-compose.yml", env={"MODEL_TARGET": "pulled"})["app"]
+    assert pulled["build"]["target"] == "pulled" and pulled["image"] == "cancer-classifier:pulled"
 
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["monitoring"]
@@ -536,6 +528,33 @@ def test_compose_stack_trains_registers_then_serves_the_champion_from_mlflow():
                 assert Path(mount["source"]).exists(), mount["source"]
     scrape = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())["scrape_configs"]
     assert scrape[0]["static_configs"][0]["targets"] == ["app:8080"] and scrape[0]["metrics_path"] == "/metrics"
+
+
+def test_compose_registry_mode_serves_the_champion_from_an_authenticated_or_a_local_mlflow():
+    dagshub = {
+        "MLFLOW_TRACKING_URI": "https://dagshub.com/someone/project.mlflow",
+        "MLFLOW_TRACKING_USERNAME": "someone",
+        "MLFLOW_TRACKING_PASSWORD": "token",
+    }
+    remote = compose_services(*REGISTRY_MODE, env=dagshub)
+    assert set(remote) == {"app"}  # no local server or trainer unless asked
+    assert remote["app"]["build"]["target"] == "registry"
+    assert dagshub.items() <= remote["app"]["environment"].items()
+
+    services = compose_services(*REGISTRY_MODE, "--profile", "local-mlflow")
+    assert set(services) == {"app", "mlflow", "trainer"}
+    for name in ("mlflow", "trainer", "app"):
+        assert (
+            services[name]["build"]["target"] == "registry" and services[name]["image"] == "cancer-classifier:registry"
+        )
+    mlflow = services["mlflow"]
+    port = re.search(r"--port=(\d+)", " ".join(mlflow["command"])).group(1)
+    hosts = re.search(r"--allowed-hosts=(\S+)", " ".join(mlflow["command"])).group(1).split(",")
+    assert f"mlflow:{port}" in hosts  # the Host header the other services send
+    for name in ("trainer", "app"):
+        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
+    assert services["trainer"]["command"] == ["python", "main.py"]
+    assert services["app"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
 
 
 # -- GitHub Actions ---------------------------------------------------------------------------------
@@ -897,6 +916,28 @@ def test_ecs_task_definition_serves_8080_with_a_health_check_and_cloudwatch_logs
     assert (
         placeholders == set(re.findall(r"\$\{(\w+)\}", envsubst)) == {"AWS_ACCOUNT_ID", "AWS_REGION", "ECR_REPOSITORY"}
     )
+
+
+@pytest.mark.parametrize("source", ["baked", "registry"])
+def test_ecs_task_serves_the_baked_model_or_the_registry_with_credentials_from_ssm(tmp_path, source):
+    """The ecs-deploy workflow's own step, run here: the task definition it renders per model source."""
+    if not (shutil.which("jq") and shutil.which("envsubst")):
+        pytest.skip("jq and envsubst (on GitHub's runners) are not installed here")
+    step = next(s for s in workflow("ecs-deploy.yml")["jobs"]["deploy"]["steps"] if "envsubst" in s.get("run", ""))
+    assert workflow("ecs-deploy.yml")["on"]["workflow_dispatch"]["inputs"]["model-source"]["default"] == "baked"
+    env = tool_env(RUNNER_TEMP=str(tmp_path), MODEL_SOURCE=source, **AWS_VARIABLES)
+    result = run("bash", "-euo", "pipefail", "-c", step["run"], env=env)
+    assert result.returncode == 0, result.stderr
+    rendered = (tmp_path / "task-definition.json").read_text()
+    assert "${" not in rendered and "123456789012.dkr.ecr.eu-west-1.amazonaws.com/cancer-classifier" in rendered
+    (app,) = json.loads(rendered)["containerDefinitions"]
+    secrets = {s["name"]: s["valueFrom"] for s in app.get("secrets", [])}
+    assert not [e for e in app["environment"] if e["name"].startswith("MLFLOW_")]  # never in plain text
+    if source == "baked":
+        assert secrets == {}
+    else:
+        assert set(secrets) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+        assert all(v.startswith("arn:aws:ssm:eu-west-1:123456789012:parameter/") for v in secrets.values())
 
 
 # -- Kubernetes --------------------------------------------------------------------------------------
