@@ -680,6 +680,14 @@ def test_deploy_settings_ship_only_when_asked_and_name_what_is_missing(
         assert f"::error::{message}" in result.stdout
 
 
+def test_pulling_the_model_without_a_dvc_remote_says_how_to_add_one(tmp_path):
+    for command in (["git", "init", "-q"], [BIN / "dvc", "init", "-q"]):
+        assert run(*command, cwd=tmp_path).returncode == 0
+    result = run("bash", REPO / "deploy/dvc/pull-model.sh", cwd=tmp_path, env=tool_env())
+    assert result.returncode == 1
+    assert "no default DVC remote: add one (dvc remote add --default storage" in result.stderr
+
+
 def test_deploy_settings_script_passes_shellcheck():
     result = run(
         tool("shellcheck"), "--severity=style", ".github/scripts/deploy-settings.sh", "deploy/dvc/pull-model.sh"

@@ -9,6 +9,11 @@
 # (evaluation), its registration record (register), and each enabled tabular task's model and record.
 set -euo pipefail
 
+if [[ $# -eq 0 ]] && ! dvc remote default >/dev/null 2>&1; then
+  echo "pull-model.sh: no default DVC remote: add one (dvc remote add --default storage s3://<bucket>/<path>) and commit .dvc/config, see docs/deploy.md" >&2
+  exit 1
+fi
+
 stages=(training evaluation register)
 # The tabular stages exist only while params.yaml enables a task (dvc.yaml's foreach).
 if dvc stage list --name-only | grep -q '^tabular_register@'; then
