@@ -2,12 +2,14 @@
 
 No Docker daemon and no AWS account here, so each piece is checked by the tool made for it (all
 installed by requirements.txt, none needing the network) and by what it must do:
-hadolint on the Dockerfile; the build context .dockerignore lets through; the image's own entry
-command and health check, run on loopback in a folder laid out as the Dockerfile lays out /app;
-the compose file against the compose spec and by Docker Compose itself; actionlint (with
-shellcheck) on the workflows; the EC2 blue-green script against a stand-in docker CLI; the
-Kubernetes manifests against the Kubernetes schemas; the Kubeflow pipeline compiled and its
-container command run. Building the image and deploying to AWS are not done here.
+hadolint on the Dockerfile; the build context .dockerignore lets through; the `pulled` and the
+default `demo` targets laid out as their instructions say, the demo's training run offline from a
+fresh clone, then the image's own entry command and health check run on loopback; the compose
+files against the compose spec and by Docker Compose itself; actionlint (with shellcheck) on the
+workflows, the deploy settings script and the ECS rendering step run; the EC2 blue-green script
+against a stand-in docker CLI; the Kubernetes manifests against the Kubernetes schemas; the
+Kubeflow pipeline compiled (tests/test_kubeflow.py runs it). Building the image and deploying to
+AWS are not done here.
 """
 
 import fnmatch
@@ -353,9 +355,10 @@ def lay_out_image(context: Path, root: Path, target: str) -> tuple[Path, dict]:
                 if destination.endswith("/"):
                     target_path.mkdir(parents=True, exist_ok=True)
                 base, found = context, files
-                if "from" in flags:  # another stage's files
+                if "from" in flags:  # another stage's files, laid out once
                     base = root.parent / flags["from"]
-                    lay_out_image(context, base, flags["from"])
+                    if not base.exists():
+                        lay_out_image(context, base, flags["from"])
                     found = {str(f.relative_to(base)) for f in base.rglob("*") if f.is_file()}
                 for source in sources:
                     copy_matching(source, base, found, target_path, flags.get("chmod"))
