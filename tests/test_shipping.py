@@ -683,12 +683,20 @@ def test_deploy_settings_ship_only_when_asked_and_name_what_is_missing(
         assert f"::error::{message}" in result.stdout
 
 
-def test_pulling_the_model_without_a_dvc_remote_says_how_to_add_one(tmp_path):
+def test_pulling_the_model_without_a_remote_or_what_the_lock_pins_says_what_to_do(tmp_path):
     for command in (["git", "init", "-q"], [BIN / "dvc", "init", "-q"]):
         assert run(*command, cwd=tmp_path).returncode == 0
-    result = run("bash", REPO / "deploy/dvc/pull-model.sh", cwd=tmp_path, env=tool_env())
-    assert result.returncode == 1
-    assert "no default DVC remote: add one (dvc remote add --default storage" in result.stderr
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml", "config/config.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    pull = ("bash", REPO / "deploy/dvc/pull-model.sh")
+    no_remote = run(*pull, cwd=tmp_path, env=tool_env())
+    assert no_remote.returncode == 1
+    assert "no default DVC remote: add one (dvc remote add --default storage" in no_remote.stderr
+    (tmp_path / "remote").mkdir()
+    assert run(BIN / "dvc", "remote", "add", "--default", "storage", tmp_path / "remote", cwd=tmp_path).returncode == 0
+    not_pushed = run(*pull, cwd=tmp_path, env=tool_env())
+    assert not_pushed.returncode == 1 and "the remote lacks what dvc.lock pins" in not_pushed.stderr
 
 
 def test_deploy_settings_script_passes_shellcheck():

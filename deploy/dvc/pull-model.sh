@@ -19,7 +19,10 @@ stages=(training evaluation register)
 if dvc stage list --name-only | grep -q '^tabular_register@'; then
   stages+=(tabular_training tabular_register)
 fi
-dvc pull "$@" "${stages[@]}"
+if ! dvc pull "$@" "${stages[@]}"; then
+  echo "pull-model.sh: the remote lacks what dvc.lock pins (or cannot be read): run \`dvc push\` where \`dvc repro\` ran, and check the remote's credentials" >&2
+  exit 1
+fi
 
 # A checkout dates every file now, in no set order, and serving takes a registration record older
 # than its model for a stale one ("unregistered"). dvc.lock vouches that they belong together.
