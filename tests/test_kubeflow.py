@@ -49,7 +49,7 @@ def test_kfp_local_runs_the_whole_pipeline_and_registers_the_model(tmp_path, mon
     tabular = json.loads((project / "artifacts/tabular/breast-cancer/register/registration.json").read_text())
     assert tabular["promoted"] is True
     client = mlflow.MlflowClient(tracking_uri)
-    assert client.get_model_version_by_alias("chest-ct-classifier", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("chest-ct-classifier", "champion").version) == "1"
     assert json.loads((project / "scores.json").read_text())["demo"] is True
     # Each stage's outputs went through Kubeflow's artifact store, as on a cluster.
     stored = [path.relative_to(tmp_path) for path in (tmp_path / "pipeline-root").rglob("registration.json")]
