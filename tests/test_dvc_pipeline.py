@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from cancer_classifier.modeling import PRECISIONS
 from tests.conftest import REPO
-from tests.parity import serve_artifacts, served_parity
+from tests.parity import evaluated, serve_artifacts, served_parity
+from tests.remote_support import NOT_SERVED, SERVED, answers, digests, git
 from tests.test_mlflow_servers import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -95,6 +96,30 @@ def test_the_default_demo_is_served_as_it_was_evaluated(repo_copy, tmp_path, pre
     servable = evaluation["serving_precision"]["servable"]
     assert parity.precision == (precision if precision in servable else "float32")
     assert parity.holds(), parity
+
+
+def test_a_clone_pulls_the_model_from_a_dvc_remote_and_serves_the_same_answers(repo_copy, tmp_path):
+    """The deploy loop on the model `dvc repro` just made: `dvc push` to a remote (a folder here),
+    commit dvc.lock; a fresh clone pulls only what the app serves and needs no training."""
+    run(["dvc", "remote", "add", "--default", "storage", str(tmp_path / "remote")], repo_copy)
+    run(["dvc", "push"], repo_copy)
+    git(repo_copy, "add", "-A")
+    git(repo_copy, "commit", "-qm", "dvc repro, dvc push")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo_copy), str(clone))
+    run(["bash", "deploy/dvc/pull-model.sh"], clone)
+
+    assert not [f for f in NOT_SERVED if (clone / "artifacts" / f).exists()], "pulled the data too"
+    pinned = digests(clone, SERVED)
+    assert pinned == digests(repo_copy, SERVED)  # byte for byte what dvc.lock pins
+    registration = json.loads((clone / "artifacts/register/registration.json").read_text())
+    model = {"version": str(registration["version"]), "sha256": pinned["artifacts/training/model.keras"]}
+    test_files = sorted(next(iter(evaluated(repo_copy / "artifacts/evaluation", "test").values())))
+    images = {name: (repo_copy / "artifacts/data_ingestion/images" / name).read_bytes() for name in test_files}
+    ready, served = answers(clone, images, check=model)
+    assert ready["model"]["source"] == "local" and ready["model"]["version"] == model["version"]
+    assert ready["tasks"]["breast-cancer"]["loaded"]
+    assert served == answers(repo_copy, images)[1]
 
 
 def test_editing_a_component_reruns_only_it_and_its_dependants(repo_copy):

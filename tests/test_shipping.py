@@ -2,12 +2,14 @@
 
 No Docker daemon and no AWS account here, so each piece is checked by the tool made for it (all
 installed by requirements.txt, none needing the network) and by what it must do:
-hadolint on the Dockerfile; the build context .dockerignore lets through; the image's own entry
-command and health check, run on loopback in a folder laid out as the Dockerfile lays out /app;
-the compose file against the compose spec and by Docker Compose itself; actionlint (with
-shellcheck) on the workflows; the EC2 blue-green script against a stand-in docker CLI; the
-Kubernetes manifests against the Kubernetes schemas; the Kubeflow pipeline compiled and its
-container command run. Building the image and deploying to AWS are not done here.
+hadolint on the Dockerfile; the build context .dockerignore lets through; the `pulled` and the
+default `demo` targets laid out as their instructions say, the demo's training run offline from a
+fresh clone, then the image's own entry command and health check run on loopback; the compose
+files against the compose spec and by Docker Compose itself; actionlint (with shellcheck) on the
+workflows, the deploy settings script and the ECS rendering step run; the EC2 blue-green script
+against a stand-in docker CLI; the Kubernetes manifests against the Kubernetes schemas; the
+Kubeflow pipeline compiled (tests/test_kubeflow.py runs it). Building the image and deploying to
+AWS are not done here.
 """
 
 import fnmatch
@@ -30,7 +32,7 @@ import pytest
 import yaml
 from docker.utils.build import PatternMatcher
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_PARAMS, merge
 from tests.tabular_support import run_task, tabular_project
 from tests.test_browser import free_port, wait_ready
 
@@ -141,12 +143,12 @@ def test_dockerfile_passes_hadolint_with_no_finding_at_any_level():
 
 def test_image_is_multi_stage_slim_non_root_and_serves_gunicorn_on_8080_with_a_health_check():
     stages = [arguments.split()[-1] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
-    assert stages == ["builder", "runtime", "baked"]
+    assert stages == ["base", "builder", "registry", "pulled", "demo-trainer", "demo"]  # the last is the default
     bases = [arguments.split()[0] for _, instruction, arguments in dockerfile() if instruction == "FROM"]
-    assert bases[:2] == ["${PYTHON_IMAGE}"] * 2
-    arg = next(a for s, i, a in dockerfile() if i == "ARG" and a.startswith("PYTHON_IMAGE="))
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim-\w+", arg)
-    runtime = stage_instructions("runtime")
+    # One external image, in a literal FROM that Dependabot can update (optionally @sha256:<digest>).
+    assert re.fullmatch(r"python:3\.11-slim-\w+(@sha256:[0-9a-f]{64})?", bases[0])
+    assert bases[1:] == ["base", "base", "registry", "registry", "registry"]
+    runtime = stage_instructions("registry")
     assert ("USER", "10001:10001") in runtime
     assert ("EXPOSE", "8080") in runtime
     cmd = json.loads(next(a for i, a in runtime if i == "CMD"))
@@ -154,7 +156,7 @@ def test_image_is_multi_stage_slim_non_root_and_serves_gunicorn_on_8080_with_a_h
     health = next(a for i, a in runtime if i == "HEALTHCHECK")
     assert json.loads(health.split("CMD", 1)[1]) == ["probe", "/health"]
     # Nothing is compiled or installed in the final stages: packages come built from the builder.
-    runs = " ".join(a for i, a in stage_instructions("runtime", "baked") if i == "RUN")
+    runs = " ".join(a for i, a in stage_instructions("registry", "pulled", "demo-trainer", "demo") if i == "RUN")
     assert not re.search(r"\b(pip|apt-get|gcc|make)\b", runs)
     pip_runs = [a for i, a in stage_instructions("builder") if i == "RUN" and "pip " in a]
     assert pip_runs and all(a.count("--no-cache-dir") == a.count("pip ") for a in pip_runs)  # no pip cache either
@@ -174,11 +176,14 @@ def test_image_installs_requirements_txt_without_the_editable_project_and_the_de
         line.split("==")[0] for line in kept
     }
     assert (REPO / "requirements.txt").read_text().splitlines()[-1] == "-e ."
+    # kfp alone, at requirements.txt's version: the Kubeflow stages' runtime (deploy/kubeflow/pipeline.py).
+    assert "grep -E '^kfp==' requirements.txt > requirements-kfp.txt" in install
+    assert "pip install --no-cache-dir --no-deps -r requirements-kfp.txt" in install
 
 
 def test_build_context_holds_what_the_dockerfile_copies_and_never_data_runs_or_secrets(tmp_path):
     sources = []
-    for instruction, arguments in stage_instructions("builder", "runtime", "baked"):
+    for instruction, arguments in stage_instructions("builder", "registry", "pulled"):
         flags, words = flags_and_words(arguments)
         if instruction == "COPY" and "from" not in flags:
             sources += [word.rstrip("/") for word in words[:-1]]
@@ -188,7 +193,8 @@ def test_build_context_holds_what_the_dockerfile_copies_and_never_data_runs_or_s
     wanted = [source if "." in Path(source).name else f"{source}/x.py" for source in sources if not is_glob(source)]
     wanted = [w.replace("artifacts/training/x.py", "artifacts/training/model.keras") for w in wanted]
     wanted += [
-        "artifacts/tabular/breast-cancer/training/model.joblib",
+        "artifacts/tabular/breast-cancer/training/model.skops",
+        "artifacts/tabular/breast-cancer/training/model.json",
         "artifacts/tabular/breast-cancer/register/registration.json",
     ]
     unwanted = [
@@ -278,86 +284,120 @@ def test_probe_exits_0_only_for_http_200():
 # -- the image's entry command, run on loopback ------------------------------------------------------
 
 
-def lay_out_image(trained_root: Path, root: Path) -> tuple[Path, dict, dict]:
-    """The `baked` image's files under ``root`` (``/app`` -> ``root/app``), as its COPY instructions
-    put them, from the build context that .dockerignore lets through. The context is a checkout
-    after the pipeline ran: the repository's code, with the tiny trained project's artifacts and
-    the params.yaml they were trained with. Returns /app, the image's environment (ENV, with
-    /opt/venv as this venv) and the stage's build arguments."""
-    repo_context, trained_context = context_files(REPO), context_files(trained_root)
-    env = {"PATH": f"{root}/usr/local/bin{os.pathsep}{os.environ['PATH']}"}
-    build_args, workdir = {}, Path("/")
+def checkout(root: Path, params: dict, outputs_from: Path | None = None) -> Path:
+    """A fresh clone of this repository at ``root`` (the files git tracks: no artifacts), with
+    ``params`` over params.yaml and, if given, the pipeline outputs of the project ``outputs_from``
+    (a checkout after `dvc repro` or deploy/dvc/pull-model.sh)."""
+    tracked = run("git", "ls-files", "--cached", "--others", "--exclude-standard").stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file() and not name.startswith("artifacts/"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(base, params)))
+    if outputs_from is not None:
+        shutil.copytree(outputs_from / "artifacts", root / "artifacts")
+    return root
+
+
+def copy_matching(source: str, base: Path, files: set[str], target: Path, mode: str | None) -> None:
+    """COPY's rules: ``source`` names files or folders of ``files`` (relative to ``base``); a folder's
+    contents are copied; a file goes into a folder target or becomes the target."""
+    pattern = source.strip("/")
+    named = {
+        prefix for f in files for prefix in [f, *map(str, Path(f).parents)] if fnmatch.fnmatchcase(prefix, pattern)
+    }
+    assert named or is_glob(source), f"COPY {source}: not in the build context"
+    for file, root in [(f, r) for f in sorted(files) for r in named if f == r or f.startswith(r + "/")]:
+        if file == root:
+            destination = target / Path(file).name if target.is_dir() else target
+        else:
+            destination = target / Path(file).relative_to(root)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(base / file, destination)  # Docker's COPY keeps modification times too
+        if mode:
+            destination.chmod(int(mode, 8))
+
+
+def lay_out_image(context: Path, root: Path, target: str) -> tuple[Path, dict]:
+    """The image's files for ``target`` under ``root`` (``/app`` -> ``root/app``), built from the
+    build context that .dockerignore lets through from the checkout ``context``, instruction by
+    instruction: a stage on another stage continues its files, workdir and environment; COPY
+    --from a stage lays that stage out beside ``root``; RUN runs with ``sh -c`` as Docker does (with
+    this venv as /opt/venv and no network), except the registry stage's user and folder setup.
+    Returns /app and the image's environment."""
+    files = context_files(context)
+    bases = {stage: arguments.split()[0] for stage, instruction, arguments in dockerfile() if instruction == "FROM"}
+    state = {"env": {"PATH": f"{root}/usr/local/bin{os.pathsep}{os.environ['PATH']}"}, "workdir": Path("/")}
 
     def here(path: str) -> Path:
-        return root / (workdir / path).relative_to("/")
+        return root / (state["workdir"] / path).relative_to("/")
 
-    def copy(source: str, target: Path, mode: str | None) -> None:
-        from_checkout = source.startswith("artifacts/") or source == "params.yaml"
-        base, context = (trained_root, trained_context) if from_checkout else (REPO, repo_context)
-        pattern = source.rstrip("/")
-        # What the source names: a file, or a folder whose contents are copied (a wildcard may name none).
-        roots = {
-            prefix
-            for f in context
-            for prefix in [f, *map(str, Path(f).parents)]
-            if fnmatch.fnmatchcase(prefix, pattern)
-        }
-        assert roots or is_glob(source), f"COPY {source}: not in the build context"
-        files = [(f, r) for f in sorted(context) for r in roots if f == r or f.startswith(r + "/")]
-        for file, named in files:
-            if file == named:  # a file: into the folder target, or as the target
-                destination = target / Path(file).name if target.is_dir() else target
-            else:
-                destination = target / Path(file).relative_to(named)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(base / file, destination)  # Docker's COPY keeps modification times too
-            if mode:
-                destination.chmod(int(mode, 8))
+    def build(stage: str) -> None:
+        if bases[stage] in bases:  # FROM another stage: its files, workdir and environment first
+            build(bases[stage])
+        build_args = {}
+        for instruction, arguments in stage_instructions(stage):
+            flags, words = flags_and_words(arguments)
+            if instruction == "WORKDIR":
+                state["workdir"] = Path(arguments)
+                here(".").mkdir(parents=True, exist_ok=True)
+            elif instruction == "ARG":
+                name, _, default = arguments.partition("=")
+                build_args[name] = default
+            elif instruction == "ENV":
+                for name, value in (word.split("=", 1) for word in shlex.split(arguments)):
+                    value = value.replace("/opt/venv/bin", str(BIN)).replace("$PATH", state["env"]["PATH"])
+                    state["env"][name] = re.sub(r"^/app\b", str(root / "app"), value)
+            elif instruction == "COPY" and flags.get("from") == "builder":
+                assert words == ["/app/src", "src/"] or words[0] == "/opt/venv", words
+                if words[0] == "/app/src":
+                    install_project_wheel(root, here(words[1]))
+            elif instruction == "COPY":
+                *sources, destination = words
+                target_path = here(destination) if not destination.startswith("/") else root / destination.lstrip("/")
+                if destination.endswith("/"):
+                    target_path.mkdir(parents=True, exist_ok=True)
+                base, found = context, files
+                if "from" in flags:  # another stage's files, laid out once
+                    base = root.parent / flags["from"]
+                    if not base.exists():
+                        lay_out_image(context, base, flags["from"])
+                    found = {str(f.relative_to(base)) for f in base.rglob("*") if f.is_file()}
+                for source in sources:
+                    copy_matching(source, base, found, target_path, flags.get("chmod"))
+            elif instruction == "RUN" and stage != "registry":
+                command = " ".join(words)
+                if flags.get("mount", "").startswith("type=bind"):
+                    mount = dict(part.split("=") for part in flags["mount"].split(","))
+                    command = command.replace(mount["target"], str(context / mount["source"]))
+                for name, value in build_args.items():
+                    command = command.replace(f"${{{name}}}", value)
+                result = run("sh", "-c", command, cwd=here("."), env=image_build_env(state["env"]), timeout=900)
+                assert result.returncode == 0, f"RUN {command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
-    for instruction, arguments in stage_instructions("runtime", "baked"):
-        flags, words = flags_and_words(arguments)
-        if instruction == "WORKDIR":
-            workdir = Path(arguments)
-            here(".").mkdir(parents=True, exist_ok=True)
-        elif instruction == "ARG":
-            name, _, default = arguments.partition("=")
-            build_args[name] = default
-        elif instruction == "ENV":
-            for name, value in (word.split("=", 1) for word in shlex.split(arguments)):
-                value = value.replace("/opt/venv/bin", str(BIN)).replace("$PATH", env["PATH"])
-                env[name] = re.sub(r"^/app\b", str(root / "app"), value)
-        elif instruction == "COPY" and flags.get("from") == "builder" and words[0] == "/app/src":
-            # The builder's last step: the project's wheel, unpacked into /app/src.
-            build = root / "build"
-            for file in repo_context:
-                if file in ("pyproject.toml", "setup.py") or file.startswith("src/"):
-                    (build / file).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(REPO / file, build / file)
-            pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-            assert (
-                run(
-                    *pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", root / "wheels", build
-                ).returncode
-                == 0
-            )
-            wheel = next((root / "wheels").glob("*.whl"))
-            assert run(*pip, "install", "--no-deps", "--no-index", "--target", here(words[1]), wheel).returncode == 0
-        elif instruction == "COPY" and "from" not in flags:
-            *sources, target = words
-            target_path = here(target) if not target.startswith("/") else root / target.lstrip("/")
-            if target.endswith("/"):
-                target_path.mkdir(parents=True, exist_ok=True)
-            for source in sources:
-                copy(source, target_path, flags.get("chmod"))
-        elif instruction == "RUN" and flags.get("mount", "").startswith("type=bind"):
-            # The champion check, with the mounted script from the build context.
-            mount = dict(part.split("=") for part in flags["mount"].split(","))
-            command = " ".join(words).replace(mount["target"], str(REPO / mount["source"]))
-            for name, value in build_args.items():
-                command = command.replace(f"${{{name}}}", value)
-            result = run(*shlex.split(command), cwd=here("."), env=os.environ | env)
-            assert result.returncode == 0, f"RUN {command}: {result.stderr}"
-    return root / "app", env, build_args
+    build(target)
+    return root / "app", state["env"]
+
+
+def install_project_wheel(root: Path, target: Path) -> None:
+    """The builder's last step: the project (this checkout's src/) as a wheel, unpacked into /app/src."""
+    build = root / "build"
+    for file in context_files(REPO):
+        if file in ("pyproject.toml", "setup.py") or file.startswith("src/"):
+            (build / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / file, build / file)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    wheel = run(*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", root / "wheels", build)
+    assert wheel.returncode == 0, wheel.stderr
+    wheel_file = next((root / "wheels").glob("*.whl"))
+    assert run(*pip, "install", "--no-deps", "--no-index", "--target", target, wheel_file).returncode == 0
+
+
+def image_build_env(image_env: dict) -> dict:
+    """A build step's environment: the image's, no MLflow server, and no network (a proxy that refuses)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | image_env
+    return env | {key: "http://127.0.0.1:9" for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
 
 
 @pytest.fixture(scope="module")
@@ -373,8 +413,33 @@ def enabled_tabular_models(trained_project, tmp_path_factory) -> tuple[str, ...]
     return enabled
 
 
-def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_project, enabled_tabular_models, tmp_path):
-    app_dir, image_env, _ = lay_out_image(trained_project.root, tmp_path / "image")
+@pytest.fixture(params=["pulled", "demo"])
+def image(request, tmp_path) -> tuple[str, Path, dict]:
+    """A target laid out from a checkout on tiny settings: `pulled` from the outputs of the tiny
+    trained project; `demo` (the default) from a fresh clone, training in its demo-trainer stage
+    with the stage's own command (test_dvc_pipeline.py runs the default settings)."""
+    if request.param == "pulled":
+        request.getfixturevalue("enabled_tabular_models")
+        context = checkout(tmp_path / "context", TINY_PARAMS, request.getfixturevalue("trained_project").root)
+    else:
+        context = checkout(tmp_path / "context", TINY_PARAMS)
+        assert not (context / "artifacts").exists()
+    return (request.param, *lay_out_image(context, tmp_path / "image", request.param))
+
+
+def test_the_demo_and_pulled_targets_copy_the_same_serving_files():
+    def copies(stage: str) -> list[list[str]]:
+        return [
+            [word.removeprefix("/app/") for word in flags_and_words(arguments)[1]]
+            for instruction, arguments in stage_instructions(stage)
+            if instruction == "COPY"
+        ]
+
+    assert copies("demo") == copies("pulled") and len(copies("demo")) == 4
+
+
+def test_image_entry_command_serves_its_model_on_loopback(image, tmp_path):
+    target, app_dir, image_env = image
     # Served from the image's own copy of the package, so templates/ and static/ are those of /app.
     origin = run(
         sys.executable,
@@ -384,11 +449,12 @@ def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_proje
         env=os.environ | image_env,
     )
     assert Path(origin.stdout.strip()).is_relative_to(app_dir / "src"), origin.stdout + origin.stderr
+    assert not (app_dir / "artifacts/data_ingestion").exists()  # the model's files only, never the data
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | image_env
     env |= {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}  # loopback only
-    command = json.loads(next(a for i, a in stage_instructions("runtime") if i == "CMD"))
+    command = json.loads(next(a for i, a in stage_instructions("registry") if i == "CMD"))
     log = tmp_path / "gunicorn.log"
     with log.open("w") as output:
         process = subprocess.Popen(command, cwd=app_dir, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -397,13 +463,13 @@ def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_proje
         wait_ready(url, 120)
         ready = json.load(urllib.request.urlopen(f"{url}/ready", timeout=10))
         registration = json.loads((app_dir / "artifacts/register/registration.json").read_text())
-        assert ready["model"]["source"] == "local"
+        assert ready["model"]["source"] == "local" and ready["model"]["demo"] is True  # synthetic data, both
         assert ready["model"]["version"] == str(registration["version"])  # the baked, registered model
-        for task in enabled_tabular_models:  # baked too, through the wildcard COPY
+        for task in yaml.safe_load((app_dir / "params.yaml").read_text())["tabular"]["enabled"]:  # the wildcard COPY
             assert (app_dir / "artifacts/tabular" / task / "training").is_dir() and ready["tasks"][task]["loaded"]
         assert urllib.request.urlopen(f"{url}/", timeout=10).status == 200  # the page, from /app/templates
         assert urllib.request.urlopen(f"{url}/model-card", timeout=10).status == 200
-        health = next(a for i, a in stage_instructions("runtime") if i == "HEALTHCHECK")
+        health = next(a for i, a in stage_instructions("registry") if i == "HEALTHCHECK")
         check = json.loads(health.split("CMD", 1)[1])
         assert run(*check, cwd=app_dir, env=env).returncode == 0, "the image's HEALTHCHECK fails"
         assert run("probe", "/ready", cwd=app_dir, env=env).returncode == 0
@@ -417,19 +483,30 @@ def test_image_entry_command_serves_the_baked_champion_on_loopback(trained_proje
 # -- docker-compose.yml ------------------------------------------------------------------------------
 
 
-def compose_config(*arguments) -> subprocess.CompletedProcess:
-    return run(tool("docker-compose"), "--project-directory", REPO, *arguments, env=tool_env())
+def compose_config(*arguments, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run(tool("docker-compose"), "--project-directory", REPO, *arguments, env=tool_env(**(env or {})))
 
 
-def test_compose_file_is_valid_for_the_compose_spec_and_for_docker_compose(tmp_path):
-    schema = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
+COMPOSE_FILES = ("docker-compose.yml", "deploy/compose/registry.yml")
+REGISTRY_MODE = ("-f", COMPOSE_FILES[0], "-f", COMPOSE_FILES[1])
+
+
+def compose_services(*arguments, env: dict | None = None) -> dict:
+    result = compose_config(*arguments, "config", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+def test_compose_files_are_valid_for_the_compose_spec_and_for_docker_compose(tmp_path):
+    schema = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *COMPOSE_FILES)
     assert schema.returncode == 0, schema.stdout + schema.stderr
-    for profile in ([], ["--profile", "monitoring"]):
-        loaded = compose_config("-f", "docker-compose.yml", *profile, "config", "--quiet")
-        assert loaded.returncode == 0, loaded.stderr
-    # The same checks catch a mistake (a misspelt condition, an undeclared volume).
-    broken = (REPO / "docker-compose.yml").read_text().replace("service_healthy", "service_health", 1)
-    broken = broken.replace("- artifacts:/app/artifacts", "- artefacts:/app/artifacts")
+    for files in (("-f", COMPOSE_FILES[0]), REGISTRY_MODE):
+        for profile in ([], ["--profile", "monitoring"], ["--profile", "local-mlflow"]):
+            loaded = compose_config(*files, *profile, "config", "--quiet")
+            assert loaded.returncode == 0, loaded.stderr
+    # The same checks catch a mistake (a misspelt key, an undeclared volume).
+    broken = (REPO / "docker-compose.yml").read_text().replace("healthcheck:", "healthchek:", 1)
+    broken = broken.replace("- prediction-log:", "- prediction-logs:")
     (tmp_path / "docker-compose.yml").write_text(broken)
     assert (
         run(
@@ -440,35 +517,16 @@ def test_compose_file_is_valid_for_the_compose_spec_and_for_docker_compose(tmp_p
     assert compose_config("-f", tmp_path / "docker-compose.yml", "config", "--quiet").returncode != 0
 
 
-def test_compose_stack_trains_registers_then_serves_the_champion_from_mlflow():
-    result = compose_config("-f", "docker-compose.yml", "--profile", "monitoring", "config", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    stack = json.loads(result.stdout)
-    services = stack["services"]
-    assert set(services) == {"mlflow", "trainer", "app", "prometheus", "grafana"}
-    for name in ("mlflow", "trainer", "app"):
-        assert services[name]["build"]["target"] == "runtime" and services[name]["image"] == "cancer-classifier:local"
-
-    mlflow = services["mlflow"]
-    port = re.search(r"--port=(\d+)", " ".join(mlflow["command"])).group(1)
-    hosts = re.search(r"--allowed-hosts=(\S+)", " ".join(mlflow["command"])).group(1).split(",")
-    assert f"mlflow:{port}" in hosts  # the Host header the other services send
-    mounts = {m["target"]: m for m in mlflow["volumes"]}
-    backend = re.search(r"--backend-store-uri=sqlite:///(/\S+)/", " ".join(mlflow["command"])).group(1)
-    artifacts = re.search(r"--artifacts-destination=(\S+)", " ".join(mlflow["command"])).group(1)
-    for folder in (backend, artifacts):
-        assert mounts[folder]["type"] == "volume" and mounts[folder]["source"] in stack["volumes"]
-    assert mlflow["healthcheck"]["test"][-1] == f"http://127.0.0.1:{port}/health"
-
-    for name in ("trainer", "app"):
-        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
-    assert services["trainer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    assert services["trainer"]["command"] == ["python", "main.py"]
+def test_compose_serves_the_model_baked_into_the_image_without_any_server():
+    services = compose_services("-f", "docker-compose.yml", "--profile", "monitoring")
+    assert set(services) == {"app", "prometheus", "grafana"}
     app = services["app"]
-    assert app["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    assert app["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert app["build"]["target"] == "demo" and app["image"] == "cancer-classifier:demo"  # the default target
+    assert not [name for name in app.get("environment", {}) if name.startswith("MLFLOW_")]
     assert app["healthcheck"]["test"] == ["CMD", "probe", "/ready"]
     assert [(p["target"], p["published"]) for p in app["ports"]] == [(8080, "8080")]
+    pulled = compose_services("-f", "docker-compose.yml", env={"MODEL_TARGET": "pulled"})["app"]
+    assert pulled["build"]["target"] == "pulled" and pulled["image"] == "cancer-classifier:pulled"
 
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["monitoring"]
@@ -477,6 +535,33 @@ def test_compose_stack_trains_registers_then_serves_the_champion_from_mlflow():
                 assert Path(mount["source"]).exists(), mount["source"]
     scrape = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())["scrape_configs"]
     assert scrape[0]["static_configs"][0]["targets"] == ["app:8080"] and scrape[0]["metrics_path"] == "/metrics"
+
+
+def test_compose_registry_mode_serves_the_champion_from_an_authenticated_or_a_local_mlflow():
+    dagshub = {
+        "MLFLOW_TRACKING_URI": "https://dagshub.com/someone/project.mlflow",
+        "MLFLOW_TRACKING_USERNAME": "someone",
+        "MLFLOW_TRACKING_PASSWORD": "token",
+    }
+    remote = compose_services(*REGISTRY_MODE, env=dagshub)
+    assert set(remote) == {"app"}  # no local server or trainer unless asked
+    assert remote["app"]["build"]["target"] == "registry"
+    assert dagshub.items() <= remote["app"]["environment"].items()
+
+    services = compose_services(*REGISTRY_MODE, "--profile", "local-mlflow")
+    assert set(services) == {"app", "mlflow", "trainer"}
+    for name in ("mlflow", "trainer", "app"):
+        assert (
+            services[name]["build"]["target"] == "registry" and services[name]["image"] == "cancer-classifier:registry"
+        )
+    mlflow = services["mlflow"]
+    port = re.search(r"--port=(\d+)", " ".join(mlflow["command"])).group(1)
+    hosts = re.search(r"--allowed-hosts=(\S+)", " ".join(mlflow["command"])).group(1).split(",")
+    assert f"mlflow:{port}" in hosts  # the Host header the other services send
+    for name in ("trainer", "app"):
+        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
+    assert services["trainer"]["command"] == ["python", "main.py"]
+    assert services["app"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
 
 
 # -- GitHub Actions ---------------------------------------------------------------------------------
@@ -514,28 +599,115 @@ def test_ci_cd_tests_every_change_and_ships_only_tested_commits_of_main_with_oid
     assert any("ruff check ." in s for s in scripts)
     assert any(s.strip().endswith("pytest") for s in scripts)  # the README's test command
 
+    settings = jobs["settings"]
+    decide = next(s for s in settings["steps"] if s.get("id") == "decide")
+    assert decide["run"] == ".github/scripts/deploy-settings.sh"
+    assert set(decide["env"]) == {
+        "DEPLOY",
+        "MODEL_SOURCE",
+        "AWS_ROLE_ARN",
+        "AWS_REGION",
+        "AWS_ACCOUNT_ID",
+        "ECR_REPOSITORY",
+    }
+
     image = jobs["image"]
-    assert image["needs"] == "test" and "refs/heads/main" in image["if"]
+    assert image["needs"] == ["test", "settings"] and image["if"] == "needs.settings.outputs.ship == 'true'"
     assert image["permissions"]["id-token"] == "write"
     uses = {s["uses"].split("@")[0]: s for s in image["steps"] if "uses" in s}
     credentials = uses["aws-actions/configure-aws-credentials"]["with"]
     assert set(credentials) == {"role-to-assume", "aws-region"}  # OIDC: no access keys
+    # The pinned model is pulled (the same script the DVC round trip test runs), then built into the image.
+    steps = [s.get("run", "") + s.get("uses", "") for s in image["steps"]]
+    pull = next(i for i, s in enumerate(steps) if "deploy/dvc/pull-model.sh" in s)
+    assert pull < next(i for i, s in enumerate(steps) if s.startswith("docker/build-push-action@"))
     build = uses["docker/build-push-action"]["with"]
-    assert build["push"] is True and build["target"] == "runtime"
-    assert build["tags"].splitlines() == [
-        "${{ env.IMAGE_REPOSITORY }}:${{ github.sha }}",
-        "${{ env.IMAGE_REPOSITORY }}:latest",
-    ]
+    assert build["push"] is True and build["target"] == "${{ env.TARGET }}"
+    assert image["env"]["TARGET"] == "${{ needs.settings.outputs.target }}"
+    model = next(s for s in image["steps"] if s.get("id") == "model")["run"]
+    assert "$IMAGE_REPOSITORY:$GITHUB_SHA" in model and "$IMAGE_REPOSITORY:model-${sha256:0:12}" in model
+    assert build["tags"] == "${{ steps.model.outputs.tags }}"
     assert build["cache-from"] == "type=gha" and build["cache-to"].startswith("type=gha")
 
     deploy = jobs["deploy"]
-    assert deploy["needs"] == "image" and deploy["runs-on"][0] == "self-hosted" and "ec2" in deploy["runs-on"]
+    assert (
+        deploy["needs"] == ["settings", "image"]
+        and deploy["runs-on"][0] == "self-hosted"
+        and "ec2" in deploy["runs-on"]
+    )
     assert deploy["concurrency"]["cancel-in-progress"] is False
-    assert any(
-        s.get("run", "").startswith('deploy/ec2/deploy.sh "$IMAGE_REPOSITORY:$GITHUB_SHA"') for s in deploy["steps"]
+    runs = [s.get("run", "") for s in deploy["steps"]]
+    assert runs.index('deploy/ec2/deploy.sh "$IMAGE_REPOSITORY:$GITHUB_SHA"') < next(
+        i for i, r in enumerate(runs) if r.startswith("python3 deploy/ec2/check-model.py http://127.0.0.1:8080")
     )
     text = "\n".join(p.read_text() for p in (REPO / ".github/workflows").glob("*.yml"))
     assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+
+
+AWS_VARIABLES = {
+    "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/deploy",
+    "AWS_REGION": "eu-west-1",
+    "AWS_ACCOUNT_ID": "123456789012",
+    "ECR_REPOSITORY": "cancer-classifier",
+}
+
+
+@pytest.mark.parametrize(
+    ("variables", "event", "status", "outputs", "message"),
+    [
+        ({}, "push", 0, "ship=false\ntarget=none", "Deploy is off: the repository variable DEPLOY is not set"),
+        (AWS_VARIABLES | {"DEPLOY": "aws"}, "push", 0, "ship=true\ntarget=pulled", "Deploy is on: image target pulled"),
+        (AWS_VARIABLES | {"DEPLOY": "aws", "MODEL_SOURCE": "registry"}, "push", 0, "ship=true\ntarget=registry", ""),
+        (AWS_VARIABLES | {"DEPLOY": "aws"}, "pull_request", 0, "ship=false\ntarget=pulled", "only pushes to main ship"),
+        (
+            {"DEPLOY": "aws", "AWS_REGION": "eu-west-1"},
+            "push",
+            1,
+            "",
+            "DEPLOY=aws needs the repository variables AWS_ROLE_ARN AWS_ACCOUNT_ID ECR_REPOSITORY",
+        ),
+        (AWS_VARIABLES | {"DEPLOY": "aws", "MODEL_SOURCE": "s3"}, "push", 1, "", "MODEL_SOURCE is 's3'"),
+        ({"DEPLOY": "yes"}, "push", 1, "", "DEPLOY is 'yes': set it to aws"),
+    ],
+)
+def test_deploy_settings_ship_only_when_asked_and_name_what_is_missing(
+    tmp_path, variables, event, status, outputs, message
+):
+    """.github/scripts/deploy-settings.sh as the settings job runs it: a fork without AWS tests only
+    and says so; DEPLOY=aws with a variable missing fails, naming it."""
+    summary, output = tmp_path / "summary.md", tmp_path / "output"
+    github = {"GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output), "GITHUB_EVENT_NAME": event}
+    github["GITHUB_REF"] = "refs/heads/main" if event == "push" else "refs/pull/1/merge"
+    env = {k: v for k, v in os.environ.items() if k not in AWS_VARIABLES and k not in ("DEPLOY", "MODEL_SOURCE")}
+    result = run("bash", ".github/scripts/deploy-settings.sh", env=env | github | variables)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert (output.read_text().strip() if output.exists() else "") == outputs
+    assert message in summary.read_text()
+    if status:  # an error annotation on the run, not only a line in the summary
+        assert f"::error::{message}" in result.stdout
+
+
+def test_pulling_the_model_without_a_remote_or_what_the_lock_pins_says_what_to_do(tmp_path):
+    for command in (["git", "init", "-q"], [BIN / "dvc", "init", "-q"]):
+        assert run(*command, cwd=tmp_path).returncode == 0
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml", "config/config.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    pull = ("bash", REPO / "deploy/dvc/pull-model.sh")
+    no_remote = run(*pull, cwd=tmp_path, env=tool_env())
+    assert no_remote.returncode == 1
+    assert "no default DVC remote: add one (dvc remote add --default storage" in no_remote.stderr
+    (tmp_path / "remote").mkdir()
+    assert run(BIN / "dvc", "remote", "add", "--default", "storage", tmp_path / "remote", cwd=tmp_path).returncode == 0
+    not_pushed = run(*pull, cwd=tmp_path, env=tool_env())
+    assert not_pushed.returncode == 1 and "the remote lacks what dvc.lock pins" in not_pushed.stderr
+
+
+def test_deploy_settings_script_passes_shellcheck():
+    result = run(
+        tool("shellcheck"), "--severity=style", ".github/scripts/deploy-settings.sh", "deploy/dvc/pull-model.sh"
+    )
+    assert result.returncode == 0, result.stdout
 
 
 # -- the EC2 blue-green deploy, against a stand-in docker CLI --------------------------------------
@@ -769,6 +941,28 @@ def test_ecs_task_definition_serves_8080_with_a_health_check_and_cloudwatch_logs
     )
 
 
+@pytest.mark.parametrize("source", ["baked", "registry"])
+def test_ecs_task_serves_the_baked_model_or_the_registry_with_credentials_from_ssm(tmp_path, source):
+    """The ecs-deploy workflow's own step, run here: the task definition it renders per model source."""
+    if not (shutil.which("jq") and shutil.which("envsubst")):
+        pytest.skip("jq and envsubst (on GitHub's runners) are not installed here")
+    step = next(s for s in workflow("ecs-deploy.yml")["jobs"]["deploy"]["steps"] if "envsubst" in s.get("run", ""))
+    assert workflow("ecs-deploy.yml")["on"]["workflow_dispatch"]["inputs"]["model-source"]["default"] == "baked"
+    env = tool_env(RUNNER_TEMP=str(tmp_path), MODEL_SOURCE=source, **AWS_VARIABLES)
+    result = run("bash", "-euo", "pipefail", "-c", step["run"], env=env)
+    assert result.returncode == 0, result.stderr
+    rendered = (tmp_path / "task-definition.json").read_text()
+    assert "${" not in rendered and "123456789012.dkr.ecr.eu-west-1.amazonaws.com/cancer-classifier" in rendered
+    (app,) = json.loads(rendered)["containerDefinitions"]
+    secrets = {s["name"]: s["valueFrom"] for s in app.get("secrets", [])}
+    assert not [e for e in app["environment"] if e["name"].startswith("MLFLOW_")]  # never in plain text
+    if source == "baked":
+        assert secrets == {}
+    else:
+        assert set(secrets) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+        assert all(v.startswith("arn:aws:ssm:eu-west-1:123456789012:parameter/") for v in secrets.values())
+
+
 # -- Kubernetes --------------------------------------------------------------------------------------
 
 
@@ -839,7 +1033,8 @@ def compiled_pipeline(tmp_path_factory) -> dict:
     return yaml.safe_load(output.read_text())
 
 
-def test_kubeflow_pipeline_runs_the_dvc_stages_as_container_components_sharing_artifacts(compiled_pipeline):
+def test_kubeflow_pipeline_runs_the_dvc_stages_as_python_components_sharing_artifacts(compiled_pipeline):
+    """The compiled pipeline's wiring; tests/test_kubeflow.py runs it with kfp.local."""
     assert compiled_pipeline["schemaVersion"].startswith("2.") and compiled_pipeline["sdkVersion"].startswith("kfp-2.")
     tasks = compiled_pipeline["root"]["dag"]["tasks"]
     executors = compiled_pipeline["deploymentSpec"]["executors"]
@@ -850,8 +1045,9 @@ def test_kubeflow_pipeline_runs_the_dvc_stages_as_container_components_sharing_a
     for stage, key in names.items():
         container = executors[tasks[key]["componentRef"]["name"].replace("comp-", "exec-", 1)]["container"]
         assert container["image"] == "registry.example/cancer-classifier:abc"
-        arguments = container["args"]
-        assert arguments[arguments.index("--") + 1 :] == shlex.split(commands[stage])  # the stage's own command
+        source = container["command"][-1]  # the component's function, shipped as source
+        assert "pip install" not in " ".join(container["command"])  # kfp is in the image
+        assert f"for word in {shlex.split(commands[stage])!r}]" in source  # the stage's own command
         assert tasks[key]["cachingOptions"].get("enableCache", False) is False
     # Artifacts flow as in dvc.yaml: training reads ingestion's output, register reads evaluation's.
     for consumer, producer, artifact in [
@@ -864,41 +1060,6 @@ def test_kubeflow_pipeline_runs_the_dvc_stages_as_container_components_sharing_a
     assert tasks[names["data_ingestion"]].get("dependentTasks") is None
     parameter = compiled_pipeline["root"]["inputDefinitions"]["parameters"]["mlflow_tracking_uri"]
     assert parameter["defaultValue"] == "http://mlflow.cancer-classifier.svc.cluster.local:5000"
-
-
-def test_kubeflow_component_command_moves_artifacts_around_the_stage(compiled_pipeline, tmp_path):
-    """The container command of the evaluation component, run here with a stand-in stage command."""
-    executor = compiled_pipeline["deploymentSpec"]["executors"]["exec-evaluation"]["container"]
-    command = executor["command"]
-    placeholders = {}
-    arguments = []
-    for argument in executor["args"][: executor["args"].index("--")]:
-        match = re.fullmatch(r"\{\{\$\.(inputs|outputs)\.(artifacts|parameters)\['(\w+)'\](?:\.path)?\}\}", argument)
-        if match and match.group(2) == "artifacts":
-            path = tmp_path / match.group(1) / match.group(3)
-            if match.group(1) == "inputs":
-                (path / "sub").mkdir(parents=True)
-                (path / "sub" / "file.txt").write_text(match.group(3))
-            placeholders[match.group(3)] = path
-            arguments.append(str(path))
-        else:
-            arguments.append("http://mlflow.test:5000" if match else argument)
-    workdir = tmp_path / "app"
-    workdir.mkdir()
-    stage = textwrap.dedent("""
-        import os, pathlib
-        assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.test:5000"
-        assert pathlib.Path("artifacts/training/sub/file.txt").read_text() == "training"
-        pathlib.Path("artifacts/evaluation").mkdir()
-        pathlib.Path("artifacts/evaluation/evaluation.json").write_text("{}")
-        pathlib.Path("scores.json").write_text('{"roc_auc": 1}')
-    """)
-    result = run(*command, *arguments, "--", sys.executable, "-c", stage, cwd=workdir, env=tool_env())
-    assert result.returncode == 0, result.stderr
-    assert (placeholders["evaluation"] / "evaluation.json").read_text() == "{}"
-    assert json.loads(placeholders["scores_json"].read_text()) == {"roc_auc": 1}
-    failing = run(*command, *arguments, "--", sys.executable, "-c", "raise SystemExit(3)", cwd=workdir, env=tool_env())
-    assert failing.returncode == 3
 
 
 def test_kubeflow_pipeline_runs_each_stage_after_the_stages_it_reads_from():

@@ -1,4 +1,4 @@
-"""Build-time guard of the Dockerfile's `baked` target: is the model in artifacts/ the champion?
+"""Build-time guard of the Dockerfile's `pulled` target: is the model in artifacts/ the champion?
 
     python check_champion.py [--allow-non-champion true|false]     (run in the project folder)
 

@@ -2,26 +2,31 @@
 
     python deploy/kubeflow/pipeline.py [--image IMAGE] [--output deploy/kubeflow/pipeline.yaml]
 
-dvc.yaml stays the one description of the stages. Each stage becomes a container component that
-runs the stage's own command (``python -m cancer_classifier.pipeline.<stage>``) in the project's
-image, and each stage output that a later stage depends on becomes a Kubeflow artifact: Kubeflow
-stores it in the pipeline root (MinIO on a standalone install) and hands it to the stages that
-need it, where it is put back at the path the stage reads, as DVC does on one disk. Settings come
-from the image's config/config.yaml and params.yaml. MLflow runs and the registry go to the
-server given as ``mlflow_tracking_uri`` (deploy/k8s/10-mlflow.yaml): training and register must
-share it, because register continues the run that training started.
+dvc.yaml stays the one description of the stages. Each stage becomes a lightweight Python
+component that runs the stage's own command (``python -m cancer_classifier.pipeline.<stage>``) in
+the project's image (Dockerfile target registry: the code, no model), and each stage output that a
+later stage depends on becomes a Kubeflow artifact: Kubeflow stores it in the pipeline root (MinIO
+on a standalone install) and hands it to the stages that need it, where it is put back at the path
+the stage reads, as DVC does on one disk. Lightweight components, not container components, so
+that ``kfp.local``'s SubprocessRunner runs the whole pipeline without Docker
+(tests/test_kubeflow.py). The image carries ``kfp`` (Dockerfile), so the stages start without the
+``pip install kfp`` a lightweight component runs by default, which would need PyPI and a venv
+writable by the image's user. Settings come from the image's config/config.yaml and params.yaml.
+MLflow runs and the registry go to the server given as ``mlflow_tracking_uri``
+(deploy/k8s/10-mlflow.yaml): training and register must share it, because register continues the
+run that training started.
 """
 
 import argparse
+import linecache
 import os
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from kfp import compiler, dsl
-from kfp.components import load_component_from_text
+from kfp.dsl import Artifact, Input, Output
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE_NAME = "chest-ct-classifier"
@@ -30,35 +35,39 @@ DEFAULT_TRACKING_URI = "http://mlflow.cancer-classifier.svc.cluster.local:5000"
 DEFAULT_OUTPUT = Path(__file__).with_name("pipeline.yaml")
 RESOURCES = {"cpu_request": "1", "memory_request": "2G", "memory_limit": "6G"}
 
-# What every component's container runs, with its arguments:
-#   <tracking uri> [in <artifact path> <project path>]... [out <project path> <artifact path>]... -- <stage command>
-# It puts the input artifacts where the stage reads them (relative to the image's /app), runs the
-# stage, and copies what the stage wrote to the output artifacts.
-RUNNER = """\
-import os, shutil, subprocess, sys
-from pathlib import Path
+# Each stage's component: its signature names the stage's artifacts, its body puts the input
+# artifacts where the stage reads them (relative to the working folder: the image's /app), runs the
+# stage with this interpreter, and copies what the stage wrote to the output artifacts. Generated
+# per stage, because Kubeflow reads a component's inputs and outputs from its signature; the body
+# is self-contained, because Kubeflow ships only the function's own source to the pod.
+COMPONENT_SOURCE = """\
+def {function}(mlflow_tracking_uri: str{parameters}):
+    \"\"\"dvc.yaml stage {stage}: {shown}\"\"\"
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
 
-def copy(source, target):
-    source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target, dirs_exist_ok=True)
-    else:
-        shutil.copy2(source, target)
+    artifacts = dict(locals())  # by name: Kubeflow's artifact objects and their paths
+    moves = {moves!r}  # (in | out, artifact, the path in the project that dvc.yaml names)
 
-args = sys.argv[1:]
-os.environ["MLFLOW_TRACKING_URI"] = args.pop(0)
-cut = args.index("--")
-moves = [args[i:i + 3] for i in range(0, cut, 3)]
-for kind, source, target in moves:
-    if kind == "in":
-        copy(source, target)
-status = subprocess.call(args[cut + 1:])
-if status:
-    sys.exit(status)
-for kind, source, target in moves:
-    if kind == "out":
-        copy(source, target)
+    def copy(source, target):
+        source, target = Path(source), Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+
+    for direction, name, path in moves:
+        if direction == "in":
+            copy(artifacts[name].path, path)
+    command = [sys.executable if word == "python" else word for word in {command!r}]
+    subprocess.run(command, env=dict(os.environ, MLFLOW_TRACKING_URI=mlflow_tracking_uri), check=True)
+    for direction, name, path in moves:
+        if direction == "out":
+            copy(path, artifacts[name].path)
 """
 
 
@@ -118,30 +127,28 @@ def artifact_name(path: str) -> str:
     return re.sub(r"\W", "_", path.removeprefix("artifacts/"))
 
 
-def component_name(stage: Stage) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", stage.name.lower()).strip("-")
-
-
-def component_spec(stage: Stage, image: str) -> dict:
-    arguments: list = [{"inputValue": "mlflow_tracking_uri"}]
-    for path in stage.inputs:
-        arguments += ["in", {"inputPath": artifact_name(path)}, path]
-    for path in stage.outputs:
-        arguments += ["out", path, {"outputPath": artifact_name(path)}]
-    return {
-        "name": component_name(stage),
-        "description": f"dvc.yaml stage {stage.name}: {shlex.join(stage.command)}",
-        "inputs": [{"name": "mlflow_tracking_uri", "type": "String"}]
-        + [{"name": artifact_name(path), "type": "Artifact"} for path in stage.inputs],
-        "outputs": [{"name": artifact_name(path), "type": "Artifact"} for path in stage.outputs],
-        "implementation": {
-            "container": {
-                "image": image,
-                "command": ["python", "-c", RUNNER],
-                "args": [*arguments, "--", *stage.command],
-            }
-        },
-    }
+def component(stage: Stage, image: str):
+    """The stage's lightweight component, from its generated source (kept in linecache, where
+    ``inspect.getsource`` finds it, since Kubeflow reads the function's source to ship it)."""
+    function = re.sub(r"\W", "_", stage.name)
+    parameters = [f", {artifact_name(path)}: Input[Artifact]" for path in stage.inputs]
+    parameters += [f", {artifact_name(path)}: Output[Artifact]" for path in stage.outputs]
+    moves = [("in", artifact_name(path), path) for path in stage.inputs]
+    moves += [("out", artifact_name(path), path) for path in stage.outputs]
+    source = COMPONENT_SOURCE.format(
+        function=function,
+        parameters="".join(parameters),
+        stage=stage.name,
+        shown=shlex.join(stage.command),
+        moves=moves,
+        command=list(stage.command),
+    )
+    filename = f"<kubeflow component {stage.name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace = {"Input": Input, "Output": Output, "Artifact": Artifact}
+    exec(compile(source, filename, "exec"), namespace)
+    # The image has kfp (Dockerfile): no `pip install kfp` when the component starts.
+    return dsl.component(base_image=image, install_kfp_package=False)(namespace[function])
 
 
 def build_pipeline(image: str = DEFAULT_IMAGE, root: Path = REPO, targets: tuple[str, ...] = ("register",)):
@@ -149,9 +156,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, root: Path = REPO, targets: tuple
     names = [artifact_name(path) for stage in stages for path in stage.outputs]
     if len(set(names)) != len(names):
         raise ValueError(f"two outputs in dvc.yaml would share an artifact name: {sorted(names)}")
-    components = {
-        stage.name: load_component_from_text(yaml.safe_dump(component_spec(stage, image))) for stage in stages
-    }
+    components = {stage.name: component(stage, image) for stage in stages}
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
