@@ -253,6 +253,7 @@ class ModelRegistry:
         record = {
             "registered_model": tracking.registered_model,
             "version": version.version,
+            "model_sha256": evaluation["model_sha256"],  # the file this record describes (serving checks it)
             "model_uri": version.model_uri,
             "model_store": server.model_store,
             "tracking_uri": public_uri(server.uri),

@@ -87,6 +87,7 @@ class TabularRegistry:
         record = {
             "registered_model": tracking.registered_model,
             "version": version.version,
+            "model_sha256": sha256_file(config.model_dir / MODEL_FILE),  # the file this record describes
             "model_uri": version.model_uri,
             "model_store": server.model_store,
             "tracking_uri": public_uri(server.uri),

@@ -152,12 +152,17 @@ def load_ood_reference(path: Path, source: str) -> OODReference | None:
 
 
 def registration_record(path: Path, model_path: Path, default_name: str) -> tuple[str, str, bool | None]:
-    """Name, version and promotion from a register stage's record, if it describes this very model file."""
+    """Name, version and promotion from a register stage's record, if it describes this very model file
+    (by its sha256; by date for records written before they carried it)."""
     if not path.is_file():
         return default_name, "unregistered", None
     try:
         record = load_json(path)
-        if path.stat().st_mtime < model_path.stat().st_mtime:  # retrained since it was registered
+        if "model_sha256" in record:
+            stale = record["model_sha256"] != sha256_file(model_path)
+        else:
+            stale = path.stat().st_mtime < model_path.stat().st_mtime
+        if stale:  # retrained since it was registered
             return record["registered_model"], "unregistered", None
         return record["registered_model"], str(record["version"]), record.get("promoted")
     except (OSError, ValueError, KeyError, TypeError):
