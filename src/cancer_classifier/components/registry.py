@@ -203,6 +203,31 @@ def serving_settings(serving: ServingConfig) -> dict:
     }
 
 
+def save_record(
+    root: Path, store: ModelStore, version: Version, decision: dict, metric: str, score: float, model_sha256: str
+) -> dict:
+    """registration.json: which version of what, where, and the gate's decision (serving and CI read it)."""
+    record = {
+        "registered_model": store.name,
+        "version": version.version,
+        "model_sha256": model_sha256,  # the file this record describes (serving checks it)
+        "model_uri": version.model_uri,
+        "model_store": store.server.model_store,
+        "tracking_uri": public_uri(store.server.uri),
+        "promoted": decision["promote"],
+        "alias": store.alias,
+        "metric": metric,
+        "score": score,
+        **decision,
+    }
+    with atomic_directory(root) as out:
+        save_json(out / "registration.json", record)
+    logger.info(
+        "registered %s version %s in %s: %s", store.name, version.version, store.server.model_store, decision["reason"]
+    )
+    return record
+
+
 class ModelRegistry:
     def __init__(self, config: RegistryConfig) -> None:
         self.config = config
@@ -250,29 +275,9 @@ class ModelRegistry:
 
         training = load_json(config.model_dir / "training_info.json")
         version = register(store, decision, champion, "evaluate-register", training, log, self.save_model, tags)
-        record = {
-            "registered_model": tracking.registered_model,
-            "version": version.version,
-            "model_sha256": evaluation["model_sha256"],  # the file this record describes (serving checks it)
-            "model_uri": version.model_uri,
-            "model_store": server.model_store,
-            "tracking_uri": public_uri(server.uri),
-            "promoted": decision["promote"],
-            "alias": tracking.alias,
-            "metric": metric,
-            "score": challenger.score,
-            **decision,
-        }
-        with atomic_directory(config.root_dir) as out:
-            save_json(out / "registration.json", record)
-        logger.info(
-            "registered %s version %s in %s: %s",
-            tracking.registered_model,
-            version.version,
-            server.model_store,
-            decision["reason"],
+        return save_record(
+            config.root_dir, store, version, decision, metric, challenger.score, evaluation["model_sha256"]
         )
-        return record
 
     def compare(self, champion: Version) -> Comparison:
         """Champion and this model on this model's test images that the champion never trained on."""

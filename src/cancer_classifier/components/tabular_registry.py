@@ -19,15 +19,15 @@ from cancer_classifier.components.registry import (
     champion_file,
     git_commit,
     promotion_decision,
+    save_record,
     unloadable,
 )
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularRegistryConfig
 from cancer_classifier.registration import ModelStore, Version, pinned_requirements, register
 from cancer_classifier.tabular_model import METADATA_FILE, MODEL_FILE, TRUSTED_TYPES, TabularModel
-from cancer_classifier.tracking import connect, public_uri, tracking_errors
-from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
-from cancer_classifier.utils.logging import logger
+from cancer_classifier.tracking import connect, tracking_errors
+from cancer_classifier.utils.common import load_json, save_json, sha256_file
 
 
 class TabularRegistry:
@@ -84,23 +84,8 @@ class TabularRegistry:
         run_name = f"{config.task.name}-evaluate-register"
         save = functools.partial(self.save_model, model)
         version = register(store, decision, champion, run_name, None, log, save, tags)
-        record = {
-            "registered_model": tracking.registered_model,
-            "version": version.version,
-            "model_sha256": sha256_file(config.model_dir / MODEL_FILE),  # the file this record describes
-            "model_uri": version.model_uri,
-            "model_store": server.model_store,
-            "tracking_uri": public_uri(server.uri),
-            "promoted": decision["promote"],
-            "alias": tracking.alias,
-            "metric": metric,
-            "score": challenger.score,
-            **decision,
-        }
-        with atomic_directory(config.root_dir) as out:
-            save_json(out / "registration.json", record)
-        logger.info("registered %s version %s: %s", tracking.registered_model, version.version, decision["reason"])
-        return record
+        model_sha256 = sha256_file(config.model_dir / MODEL_FILE)
+        return save_record(config.root_dir, store, version, decision, metric, challenger.score, model_sha256)
 
     def save_model(self, model: TabularModel, path: Path) -> None:
         """MLflow's scikit-learn flavour in skops format (no pickle), plus the metadata the app reads."""
