@@ -4,11 +4,12 @@
 
 The register stage writes artifacts/register/registration.json, which says whether the model it
 registered took the champion alias ("promoted"). The model counts as the champion if it did and
-artifacts/training/model.keras has not been retrained since (the check serving makes too).
+artifacts/training/model.keras is the file it registered (its sha256; the check serving makes too).
 Exit 0 if so, or if non-champions are allowed; else exit 1 with the reason.
 """
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,11 @@ def reason_not_champion(registration: Path = REGISTRATION, model: Path = MODEL) 
         if not path.is_file():
             return f"{path} is missing: run the pipeline (dvc repro) first"
     record = json.loads(registration.read_text(encoding="utf-8"))
-    if model.stat().st_mtime > registration.stat().st_mtime:
+    if "model_sha256" in record:
+        retrained = record["model_sha256"] != hashlib.sha256(model.read_bytes()).hexdigest()
+    else:  # a record written before records carried the hash
+        retrained = model.stat().st_mtime > registration.stat().st_mtime
+    if retrained:
         return f"{model} was retrained after version {record.get('version')} was registered: run `dvc repro`"
     if not record.get("promoted"):
         return f"version {record.get('version')} is not the champion: {record.get('reason', 'not promoted')}"
