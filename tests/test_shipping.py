@@ -32,6 +32,7 @@ import pytest
 import yaml
 from docker.utils.build import PatternMatcher
 
+from cancer_classifier.utils.common import sha256_file
 from tests.conftest import REPO, TINY_PARAMS, merge
 from tests.tabular_support import run_task, tabular_project
 from tests.test_browser import free_port, wait_ready
@@ -249,6 +250,11 @@ def test_baking_refuses_a_model_that_is_not_the_champion(tmp_path):
     registration(True, -10)  # retrained after registering
     stale = run(sys.executable, guard, cwd=tmp_path)
     assert stale.returncode == 1 and "retrained after version 7 was registered" in stale.stderr
+    # A record that names its model's sha256 is checked by it, whatever the files' dates.
+    record.write_text(json.dumps({"version": "8", "promoted": True, "model_sha256": sha256_file(model)}))
+    assert run(sys.executable, guard, cwd=tmp_path).returncode == 0
+    model.write_text("retrained weights")
+    assert "retrained after version 8 was registered" in run(sys.executable, guard, cwd=tmp_path).stderr
 
 
 def test_probe_exits_0_only_for_http_200():
