@@ -322,10 +322,10 @@ def classic_recipe(data_dir: Path, weights: Path, epochs: int, positive: str, ou
     flows = classic_generators(data_dir, classes)
     model = classic_model(weights, len(classes))
     timer = epoch_timer(epochs)
-    # As the tutorial: steps of whole batches (at least one here, for tiny --quick splits).
-    model.fit(flows["train"], epochs=epochs, steps_per_epoch=max(1, flows["train"].samples // BATCH),
-              validation_data=flows["val"], validation_steps=max(1, flows["val"].samples // BATCH),
-              callbacks=[timer], verbose=0)
+    # Every image every epoch: Keras 3 takes the iterator's own length. The tutorial's
+    # steps_per_epoch = samples // batch is shorter than that, and Keras 3 then alternates full and
+    # leftover epochs ("Your input ran out of data"), training on about half the data.
+    model.fit(flows["train"], epochs=epochs, validation_data=flows["val"], callbacks=[timer], verbose=0)
     started = time.perf_counter()
     probabilities = model.predict(flows["test"], verbose=0)
     test_seconds = time.perf_counter() - started
