@@ -27,6 +27,8 @@ from cancer_classifier.tracking import TRACKING_URI_ENV, Server, connect, public
 from cancer_classifier.utils.common import TrackingError
 from cancer_classifier.utils.logging import logger
 
+# The package itself: every registered model carries it as its code (MLflow's code_paths).
+PACKAGE_DIR = Path(__file__).parent
 MODEL_ARTIFACT = "model"  # the model's folder in the registration run (servers without logged models)
 MODEL_URI_TAG = "model_uri"  # on the registration run: where its model is, whatever the server
 REGISTERED_FILES = Path("artifacts") / "serving"  # in a registered chest-CT model: the files the app reads

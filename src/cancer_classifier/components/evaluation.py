@@ -23,7 +23,7 @@ from cancer_classifier.components.metrics import bootstrap_intervals, headline_m
 from cancer_classifier.components.model_card import build_model_card, render_markdown
 from cancer_classifier.components.shortcut_audit import shortcut_audit
 from cancer_classifier.entity import EvaluationConfig
-from cancer_classifier.modeling import PRECISIONS, harmonise_layer, load_classifier
+from cancer_classifier.modeling import MODEL_FILE, PRECISIONS, harmonise_layer, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
 from cancer_classifier.scoring import Scorer
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
@@ -230,7 +230,7 @@ class Evaluation:
         info = data["dataset"]
         classes = info["classes"]
         positive = classes.index(config.positive_class)
-        model = load_classifier(config.model_dir / "model.keras")
+        model = load_classifier(config.model_dir / MODEL_FILE)
         ood_path = config.model_dir / REFERENCE_FILE
         ood = OODReference.load(ood_path) if ood_path.is_file() else None
         scorers = {precision: Scorer(model, precision) for precision in PRECISIONS}
@@ -266,7 +266,7 @@ class Evaluation:
             "baseline": baseline,
             "input_baseline": audit["model_input"],
             "harmonised": harmonise_layer(model).harmonise,
-            "model_sha256": sha256_file(config.model_dir / "model.keras"),  # register checks it scored this model
+            "model_sha256": sha256_file(config.model_dir / MODEL_FILE),  # register checks it scored this model
             "shortcut_warning": baseline["metrics"]["roc_auc"] >= test["metrics"]["roc_auc"] - config.shortcut_margin,
         }
         card = build_model_card(

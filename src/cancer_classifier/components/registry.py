@@ -25,13 +25,13 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-import cancer_classifier
 from cancer_classifier.components.dataset import split_rows
 from cancer_classifier.components.metrics import headline_metrics
 from cancer_classifier.entity import RegistryConfig, ServingConfig
 from cancer_classifier.modeling import INPUT_REFERENCE_FILE, MODEL_FILE, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE
 from cancer_classifier.registration import (
+    PACKAGE_DIR,
     REGISTERED_FILES,
     SETTINGS_FILE,
     ModelStore,
@@ -181,7 +181,7 @@ def unloadable(champion: Version, images: int) -> Comparison:
 
 
 # The model's code for MLflow's scoring server, run by it, never imported here (it imports the app).
-PYFUNC_CODE = Path(cancer_classifier.__file__).parent / "serving" / "mlflow_model.py"
+PYFUNC_CODE = PACKAGE_DIR / "serving" / "mlflow_model.py"
 # What serving reads beside the model: the training stage's files and the evaluation's model card.
 SERVING_FILES = ("model_metadata.json", "class_indices.json", INPUT_REFERENCE_FILE, REFERENCE_FILE)
 CARD_FILES = ("model_card.json", "model_card.md")
@@ -331,7 +331,7 @@ class ModelRegistry:
                 path,
                 python_model=str(PYFUNC_CODE),
                 artifacts={"serving": str(files)},
-                code_paths=[str(Path(cancer_classifier.__file__).parent)],
+                code_paths=[str(PACKAGE_DIR)],
                 pip_requirements=pinned_requirements(),
                 signature=ModelSignature(inputs=Schema([ColSpec("string", "image")])),
                 input_example=pd.DataFrame({"image": [self.example_image()]}),

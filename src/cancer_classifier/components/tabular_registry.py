@@ -11,7 +11,6 @@ import mlflow.sklearn
 import numpy as np
 from mlflow.models import infer_signature
 
-import cancer_classifier
 from cancer_classifier.components.metrics import headline_metrics
 from cancer_classifier.components.registry import (
     Challenger,
@@ -24,7 +23,7 @@ from cancer_classifier.components.registry import (
 )
 from cancer_classifier.components.tabular_data import load_split
 from cancer_classifier.entity.tabular import TabularRegistryConfig
-from cancer_classifier.registration import ModelStore, Version, pinned_requirements, register
+from cancer_classifier.registration import PACKAGE_DIR, ModelStore, Version, pinned_requirements, register
 from cancer_classifier.tabular_model import METADATA_FILE, MODEL_FILE, TRUSTED_TYPES, TabularModel
 from cancer_classifier.tracking import connect, tracking_errors
 from cancer_classifier.utils.common import load_json, save_json, sha256_file
@@ -52,20 +51,19 @@ class TabularRegistry:
         server = connect(tracking, f"{config.task.name} register")
         store = ModelStore(server, tracking.registered_model, tracking.alias)
         metric = config.promotion_metric
-        test, _ = load_split(config.data_dir, "test")
+        test, y_test = load_split(config.data_dir, "test")
         challenger = Challenger(evaluation["metrics"][metric], False, tuple(model.classes), len(test))
 
         def compare(champion: Version) -> Comparison:
             """The champion's metric on this model's test rows (its own Pipeline does its own preprocessing)."""
-            frame, y_true = load_split(config.data_dir, "test")
             with tempfile.TemporaryDirectory(prefix="champion-") as folder:
                 found = champion_file(champion, MODEL_FILE, Path(folder))
                 if found is None:
-                    return unloadable(champion, len(frame))
+                    return unloadable(champion, len(test))
                 theirs = TabularModel.load(found.parent)
             positive = model.classes.index(model.metadata["positive_class"])
-            scored = headline_metrics(y_true, theirs.predict_proba(frame), positive)[metric]
-            return Comparison(scored, challenger.score, len(frame))
+            scored = headline_metrics(y_test, theirs.predict_proba(test), positive)[metric]
+            return Comparison(scored, challenger.score, len(test))
 
         champion = store.champion()
         with tracking_errors(tracking.tracking_uri, "comparing with the champion"):
@@ -98,7 +96,7 @@ class TabularRegistry:
             signature=infer_signature(example, model.pipeline.predict_proba(example)),
             input_example=example,
             pip_requirements=pinned_requirements(),
-            code_paths=[str(Path(cancer_classifier.__file__).parent)],  # the Keras wrapper's class
+            code_paths=[str(PACKAGE_DIR)],  # the Keras wrapper's class
             pyfunc_predict_fn="predict_proba",
             metadata={k: model.metadata[k] for k in ("task", "kind", "classes", "positive_class", "intended_use")},
         )

@@ -19,6 +19,7 @@ from cancer_classifier.components.heads import HeadTrainer, class_weights, early
 from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import (
     INPUT_REFERENCE_FILE,
+    MODEL_FILE,
     intended_use,
     load_classifier,
     resolve_precision,
@@ -146,7 +147,7 @@ class Training:
             ood = fit_reference(x_train, x_val, config.ood_components, config.ood_quantile)
         seconds = time.perf_counter() - started
         with atomic_directory(config.root_dir) as out:
-            model.save(out / "model.keras")
+            model.save(out / MODEL_FILE)
             ood.save(out / REFERENCE_FILE)
             save_json(out / INPUT_REFERENCE_FILE, input_reference(config.data_dir, classes))
             save_json(out / "class_indices.json", {name: i for i, name in enumerate(classes)})
@@ -172,5 +173,5 @@ class Training:
                 "fine_tune_epochs": len(history.get("fine_tune", {}).get("loss", [])),
                 "train_seconds": round(seconds, 1),
             })
-        logger.info("trained in %.0f s; model saved to %s", seconds, config.root_dir / "model.keras")
-        return config.root_dir / "model.keras"
+        logger.info("trained in %.0f s; model saved to %s", seconds, config.root_dir / MODEL_FILE)
+        return config.root_dir / MODEL_FILE

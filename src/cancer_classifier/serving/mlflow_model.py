@@ -22,13 +22,13 @@ ANSWER_KEYS = ("label", "probabilities", "in_distribution", "ood_score", "precis
 class ChestCTModel(PythonModel):
     def load_context(self, context) -> None:
         from cancer_classifier.registration import SETTINGS_FILE
-        from cancer_classifier.serving.predictor import Identity, ModelCard, Predictor
+        from cancer_classifier.serving.predictor import MODEL_CARD_FILE, Identity, ModelCard, Predictor
         from cancer_classifier.utils.common import load_json
 
         files = Path(context.artifacts["serving"])
         self.settings = load_json(files / SETTINGS_FILE)
         identity = Identity("registered model", "", None, "mlflow")
-        self.predictor = Predictor.from_files(files, ModelCard(files / "model_card.json"), identity, "float32")
+        self.predictor = Predictor.from_files(files, ModelCard(files / MODEL_CARD_FILE), identity, "float32")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
         from cancer_classifier.serving.errors import ApiError

@@ -12,10 +12,11 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cancer_classifier.entity import ServingConfig
+from cancer_classifier.entity import ServingConfig, TrackingConfig
 from cancer_classifier.modeling import (
     INPUT_REFERENCE_FILE,
     MODEL_FILE,
@@ -28,6 +29,9 @@ from cancer_classifier.scoring import Scorer
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.common import TrackingError, load_json, sha256_file
 from cancer_classifier.utils.logging import logger
+
+if TYPE_CHECKING:  # MLflow is imported only in registry mode
+    from cancer_classifier.registration import Downloaded
 
 RUN_PIPELINE_HINT = "run `dvc repro` in the project folder to train and register one"
 MODEL_CARD_FILE = "model_card.json"
@@ -72,39 +76,27 @@ class ModelCardUnavailable(Exception):
 class ModelCard:
     """The evaluation stage's model card (JSON and Markdown) for the served model.
 
-    Local mode reads the files on each request, so a card that the pipeline writes after the app
-    started is served without a restart. Registry mode passes the documents downloaded once from
-    the version's run. A card whose classes differ from the model's describes another model and
-    is not served.
+    The files are read on each request, so a card that the pipeline writes after the app started is
+    served without a restart (a registered model's card sits in its downloaded folder). A card whose
+    classes differ from the model's describes another model and is not served.
     """
 
-    def __init__(
-        self,
-        json_path: Path | None = None,
-        *,
-        document: dict | None = None,
-        markdown: str | None = None,
-        reason: str = "no model card is known for this model",
-    ) -> None:
+    def __init__(self, json_path: Path | None = None) -> None:
         self.json_path = json_path
-        self._document, self._markdown, self._reason = document, markdown, reason
         self.classes: tuple[str, ...] | None = None  # set by the Predictor: the model's classes
 
     def document(self) -> dict:
-        if self.json_path is not None:
-            if not self.json_path.is_file():
-                raise ModelCardUnavailable(
-                    f"no model card yet ({self.json_path.name} is written by the evaluation stage): run `dvc repro`"
-                )
-            try:
-                document = json.loads(self.json_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                logger.exception("unreadable model card %s", self.json_path)
-                raise ModelCardUnavailable("the model card could not be read (see the server log)") from None
-        elif self._document is not None:
-            document = self._document
-        else:
-            raise ModelCardUnavailable(self._reason)
+        if self.json_path is None:
+            raise ModelCardUnavailable("no model card is known for this model")
+        if not self.json_path.is_file():
+            raise ModelCardUnavailable(
+                f"no model card yet ({self.json_path.name} is written by the evaluation stage): run `dvc repro`"
+            )
+        try:
+            document = json.loads(self.json_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.exception("unreadable model card %s", self.json_path)
+            raise ModelCardUnavailable("the model card could not be read (see the server log)") from None
         if not isinstance(document, dict):
             raise ModelCardUnavailable("the model card is not a JSON object")
         card_classes = document.get("classes")
@@ -115,15 +107,11 @@ class ModelCard:
         return document
 
     def markdown(self) -> str:
-        self.document()  # same availability and consistency checks
-        if self.json_path is not None:
-            path = self.json_path.with_suffix(".md")
-            if not path.is_file():
-                raise ModelCardUnavailable(f"the model card has no Markdown version ({path.name}): run `dvc repro`")
-            return path.read_text(encoding="utf-8")
-        if self._markdown is None:
-            raise ModelCardUnavailable("the model card has no Markdown version in the registry")
-        return self._markdown
+        self.document()  # same availability and consistency checks (a path is known past this)
+        path = self.json_path.with_suffix(".md")
+        if not path.is_file():
+            raise ModelCardUnavailable(f"the model card has no Markdown version ({path.name}): run `dvc repro`")
+        return path.read_text(encoding="utf-8")
 
     @property
     def available(self) -> bool:
@@ -177,6 +165,18 @@ def load_input_reference(path: Path) -> dict | None:
     except (OSError, ValueError):
         logger.warning("no readable drift reference at %s: drift monitoring is off for this model", path)
         return None
+
+
+def registered_champion(tracking: TrackingConfig) -> "Downloaded":
+    """The champion's folder from the registry (chest CT and tabular tasks), or ModelUnavailable
+    with the tracking server's one-line reason."""
+    from cancer_classifier.registration import download_champion  # MLflow: registry mode only
+
+    try:
+        return download_champion(tracking, f"loading models:/{tracking.registered_model}@{tracking.alias}")
+    except TrackingError as error:
+        logger.error("%s", error)
+        raise ModelUnavailable(str(error)) from None
 
 
 def servable_precisions(card: ModelCard, model_path: Path) -> list[str] | None:
@@ -301,14 +301,10 @@ class Predictor:
     @classmethod
     def _from_registry(cls, config: ServingConfig) -> "Predictor":
         """The champion's files, downloaded once into a folder kept for the process's life."""
-        from cancer_classifier.registration import REGISTERED_FILES, download_champion  # MLflow: registry mode only
+        from cancer_classifier.registration import REGISTERED_FILES  # MLflow: registry mode only
 
         tracking = config.tracking
-        try:
-            downloaded = download_champion(tracking, f"loading models:/{tracking.registered_model}@{tracking.alias}")
-        except TrackingError as error:
-            logger.error("%s", error)
-            raise ModelUnavailable(str(error)) from None
+        downloaded = registered_champion(tracking)
         files = downloaded.path / REGISTERED_FILES
         try:
             if not (files / MODEL_FILE).is_file():

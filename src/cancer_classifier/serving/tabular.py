@@ -17,10 +17,15 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 from cancer_classifier.entity.tabular import ColumnSpec, TabularServingConfig
 from cancer_classifier.serving.app import ModelHolder
 from cancer_classifier.serving.errors import ApiError, BadRequest, UnsupportedMediaType, clip, json_body, public_text
-from cancer_classifier.serving.predictor import RUN_PIPELINE_HINT, ModelInfo, ModelUnavailable, registration_record
+from cancer_classifier.serving.predictor import (
+    RUN_PIPELINE_HINT,
+    ModelInfo,
+    ModelUnavailable,
+    registered_champion,
+    registration_record,
+)
 from cancer_classifier.tabular_model import MODEL_FILE, TabularModel
 from cancer_classifier.tabular_schema import table_violations, typed
-from cancer_classifier.utils.common import TrackingError
 from cancer_classifier.utils.logging import logger
 
 tabular = Blueprint("tabular", __name__)
@@ -60,14 +65,8 @@ class TabularPredictor:
 
     @classmethod
     def _from_registry(cls, config: TabularServingConfig) -> "TabularPredictor":
-        from cancer_classifier.registration import download_champion  # MLflow only in registry mode
-
         tracking = config.tracking
-        try:
-            downloaded = download_champion(tracking, f"loading models:/{tracking.registered_model}@{tracking.alias}")
-        except TrackingError as error:
-            logger.error("%s", error)
-            raise ModelUnavailable(str(error)) from None
+        downloaded = registered_champion(tracking)
         try:
             model = cls._load(downloaded.path, config.task.name)
         finally:
