@@ -24,7 +24,7 @@ TINY_PARAMS = {
     "training": {"epochs": 25, "early_stopping_patience": 5, "head": {"cv_folds": 3}},
     # Lenient, so that bfloat16 is servable and the tests exercise the app's bfloat16 path too;
     # the default (params.yaml) admits no label change.
-    "evaluation": {"bootstrap_resamples": 200, "bfloat16_tolerance": {"label_changes": 1000, "roc_auc": 1.0}},
+    "evaluation": {"bootstrap_resamples": 200, "serving_tolerance": {"label_changes": 1000, "roc_auc": 1.0}},
 }
 
 
@@ -141,9 +141,9 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> ConfigurationMa
 
 @pytest.fixture(scope="module")
 def serving(trained_project):
-    """Serving settings for the tiny trained project, in local mode (the pipeline's artifacts), in
-    float32 on every CPU (``auto`` would mean bfloat16 on some); test_parity.py serves both precisions."""
-    return dataclasses.replace(trained_project.serving(), use_registry=False, precision="float32")
+    """Serving settings for the tiny trained project, in local mode (the pipeline's artifacts), in the
+    reference variant on every CPU (``auto`` differs by CPU); test_parity.py serves every variant."""
+    return dataclasses.replace(trained_project.serving(), use_registry=False, engine="tensorflow", precision="float32")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cancer_classifier.scoring import REFERENCE, VARIANTS, Variant, resolve_variant
 from tests.conftest import REPO, merge, write_project
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # soak.py and load_test.py are scripts, not a package
@@ -24,7 +25,7 @@ MEDIAN_TOLERANCE, MAX_TOLERANCE, SAME_LABEL_RATE = 0.005, 0.05, 0.97
 
 @dataclass(frozen=True)
 class Parity:
-    precision: str  # what the app says it served
+    variant: str  # what the app says it served: engine/precision
     images: int
     median_difference: float
     max_difference: float
@@ -39,9 +40,25 @@ class Parity:
         )
 
 
-def serve_artifacts(trained_root: Path, root: Path, precision: str, params: dict) -> Path:
-    """A project folder serving ``trained_root``'s model with ``serving.precision`` forced."""
-    write_project(root, {"serving": {"precision": precision}}, merge(params, {"tabular": {"enabled": []}}))
+# What the serving tests force: every variant, and ``auto`` (whatever this CPU gets). The larger models
+# are served in the reference and the variant furthest from it (auto's choice on native-bfloat16 CPUs).
+SETTINGS = (*(str(v) for v in VARIANTS), "auto/auto")
+REFERENCE_AND_FURTHEST = (str(REFERENCE), "openvino/mixed_bfloat16")
+
+
+def expected_variant(setting: str, servable: list[str]) -> str:
+    """The serving rule: the requested variant if the evaluation admitted it, else its engine in
+    float32 if admitted, else the reference."""
+    wanted = resolve_variant(*setting.split("/"))
+    fallback = Variant(wanted.engine, "float32")
+    return str(next((v for v in (wanted, fallback) if str(v) in servable), REFERENCE))
+
+
+def serve_artifacts(trained_root: Path, root: Path, setting: str, params: dict) -> Path:
+    """A project folder serving ``trained_root``'s model with ``serving.engine/precision`` forced to ``setting``."""
+    engine, precision = setting.split("/")
+    forced = {"serving": {"engine": engine, "precision": precision}}
+    write_project(root, forced, merge(params, {"tabular": {"enabled": []}}))
     for stage in ("training", "evaluation", "register"):  # copy2 keeps mtimes: the registration stays valid
         if (trained_root / "artifacts" / stage).is_dir():
             shutil.copytree(trained_root / "artifacts" / stage, root / "artifacts" / stage)
@@ -49,12 +66,12 @@ def serve_artifacts(trained_root: Path, root: Path, precision: str, params: dict
 
 
 def evaluated(evaluation_dir: Path, split: str) -> dict[str, dict[str, dict]]:
-    """``{precision: {file: row}}`` of the evaluation's predictions for one split."""
+    """``{variant: {file: row}}`` of the evaluation's predictions for one split."""
     rows: dict[str, dict[str, dict]] = {}
     with open(evaluation_dir / "predictions.csv", newline="") as file:
         for row in csv.DictReader(file):
             if row["split"] == split:
-                rows.setdefault(row["precision"], {})[row["file"]] = row
+                rows.setdefault(row["variant"], {})[row["file"]] = row
     return rows
 
 
@@ -73,11 +90,11 @@ def served_parity(project: Path, data_dir: Path, split: str = "test") -> Parity:
     try:
         status, ready = get_json(f"{server.url}/ready", timeout=120)
         assert status == 200, ready
-        differences, same, ood, precision = [], [], [], None
+        differences, same, ood, variant = [], [], [], None
         for name in files:
             reply = post_file(f"{server.url}/predict", (data_dir / "images" / name).read_bytes(), name)
-            precision = reply["model"]["precision"]  # what the app says it served
-            row = expected[precision][name]
+            variant = f"{reply['model']['engine']}/{reply['model']['precision']}"  # what the app says it served
+            row = expected[variant][name]
             probabilities = np.array([reply["probabilities"][c] for c in reply["probabilities"]])
             reference = np.array([float(row[f"p_{c}"]) for c in reply["probabilities"]])
             differences.append(np.abs(probabilities - reference).max())
@@ -85,5 +102,5 @@ def served_parity(project: Path, data_dir: Path, split: str = "test") -> Parity:
             ood.append(str(reply["in_distribution"]) == row["in_distribution"])
     finally:
         server.stop()
-    return Parity(precision, len(files), float(np.median(differences)), float(np.max(differences)),
+    return Parity(variant, len(files), float(np.median(differences)), float(np.max(differences)),
                   float(np.mean(same)), float(np.mean(ood)))

@@ -16,9 +16,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from cancer_classifier.modeling import load_classifier, native_bfloat16
+from cancer_classifier.scoring import REFERENCE, Variant
 from cancer_classifier.serving import create_app
 from cancer_classifier.serving.inputs import Window, dicom_to_rgb
-from cancer_classifier.serving.predictor import Predictor, served_precision
+from cancer_classifier.serving.predictor import Predictor, served_variant
 from cancer_classifier.utils.common import load_json
 from cancer_classifier.utils.images import decode_image
 from cancer_classifier.utils.limits import MAX_SIDE, limit_size
@@ -161,7 +162,9 @@ def test_predict_upload(client, png_bytes, metadata):
     assert list(body["probabilities"]) == metadata["classes"]
     assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert body["model"] == {"name": "chest-ct-classifier", "version": "1", "demo": True, "precision": "float32"}
+    assert body["model"] == {
+        "name": "chest-ct-classifier", "version": "1", "demo": True, "precision": "float32", "engine": "tensorflow"
+    }
     assert body["intended_use"] == metadata["intended_use"]
     assert "gradcam_png" not in body
     assert isinstance(body["in_distribution"], bool) and isinstance(body["ood_score"], float)
@@ -202,19 +205,24 @@ def test_served_dicom_prediction_equals_the_saved_model(client, saved_model, met
     assert_served_equals_saved(client, saved_model, metadata, dicom, dicom_to_rgb(dicom, LUNG))
 
 
-def test_bfloat16_is_served_only_where_the_evaluation_found_it_harmless():
-    both = ["float32", "mixed_bfloat16"]
-    assert served_precision("mixed_bfloat16", both, "m") == "mixed_bfloat16"
-    assert served_precision("mixed_bfloat16", ["float32"], "m") == "float32"  # measured harmful
-    assert served_precision("mixed_bfloat16", None, "m") == "float32"  # never measured
-    assert served_precision("float32", both, "m") == "float32"
-    # auto: bfloat16 only on CPUs with native bfloat16, whichever CPU this runs on
-    assert served_precision("auto", both, "m") == ("mixed_bfloat16" if native_bfloat16() else "float32")
-    assert served_precision("auto", ["float32"], "m") == "float32"
+def test_a_variant_is_served_only_where_the_evaluation_found_it_harmless():
+    ov_bf16, ov_f32, tf_bf16 = (Variant(*v.split("/")) for v in (
+        "openvino/mixed_bfloat16", "openvino/float32", "tensorflow/mixed_bfloat16"))
+    every = {REFERENCE, ov_bf16, ov_f32, tf_bf16}
+    assert served_variant("openvino", "mixed_bfloat16", every, "m") == ov_bf16
+    assert served_variant("openvino", "mixed_bfloat16", {REFERENCE, ov_f32}, "m") == ov_f32  # same engine, float32
+    assert served_variant("openvino", "mixed_bfloat16", {REFERENCE, tf_bf16}, "m") == REFERENCE  # measured harmful
+    assert served_variant("tensorflow", "mixed_bfloat16", set(), "m") == REFERENCE  # never measured
+    assert served_variant("tensorflow", "float32", every, "m") == REFERENCE
+    # auto: OpenVINO in bfloat16 only on CPUs with native bfloat16, whichever CPU this runs on
+    assert served_variant("auto", "auto", every, "m") == (ov_bf16 if native_bfloat16() else REFERENCE)
+    assert served_variant("auto", "float32", every, "m") == REFERENCE
+    assert served_variant("auto", "auto", {REFERENCE}, "m") == REFERENCE
 
 
-def test_the_reply_says_which_precision_was_served(client, png_bytes):
-    assert upload(client, png_bytes, "file.bin").get_json()["model"]["precision"] == "float32"
+def test_the_reply_says_which_variant_was_served(client, png_bytes):
+    model = upload(client, png_bytes, "file.bin").get_json()["model"]
+    assert (model["engine"], model["precision"]) == ("tensorflow", "float32")
 
 
 def test_very_large_images_are_downscaled_before_the_model():
@@ -366,7 +374,8 @@ def test_registry_alias_is_served_when_tracking_is_configured(serving, png_bytes
     assert "not for clinical use" in predictor.info.intended_use
     client = create_app({"TESTING": True, "PREDICTOR": predictor}).test_client()
     body = upload(client, png_bytes).get_json()
-    expected = {"name": serving.tracking.registered_model, "version": version, "demo": True, "precision": "float32"}
+    expected = {"name": serving.tracking.registered_model, "version": version, "demo": True,
+                "precision": "float32", "engine": "tensorflow"}
     assert body["model"] == expected
 
 

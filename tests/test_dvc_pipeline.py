@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.modeling import PRECISIONS
 from tests.conftest import REPO
-from tests.parity import evaluated, serve_artifacts, served_parity
+from tests.parity import REFERENCE_AND_FURTHEST, evaluated, expected_variant, serve_artifacts, served_parity
 from tests.remote_support import NOT_SERVED, SERVED, answers, digests, git
 from tests.test_mlflow_servers import mlflow_server
 
@@ -81,20 +80,19 @@ def test_default_dvc_repro_completes_and_the_demo_model_learns(repo_copy, tmp_pa
     assert (record["version"], record["tracking_uri"]) == (champion.version, server)
     scores = json.loads((repo_copy / "scores.json").read_text())
     assert scores["demo"] is True
-    # The demo learns on every CPU, in both precisions (bfloat16 emulated where not native).
-    assert scores["roc_auc"] >= 0.95 and scores["bfloat16"]["roc_auc"] >= 0.95, scores
+    # The demo learns on every CPU, in every variant (bfloat16 emulated where not native).
+    assert scores["roc_auc"] >= 0.95 and min(v["roc_auc"] for v in scores["variants"].values()) >= 0.95, scores
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo_copy)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_the_default_demo_is_served_as_it_was_evaluated(repo_copy, tmp_path, precision):
+@pytest.mark.parametrize("setting", REFERENCE_AND_FURTHEST)
+def test_the_default_demo_is_served_as_it_was_evaluated(repo_copy, tmp_path, setting):
     """Runs before the tests below change the copy: the model `dvc repro` just made, over HTTP."""
     evaluation = json.loads((repo_copy / "artifacts/evaluation/evaluation.json").read_text())
-    project = serve_artifacts(repo_copy, tmp_path / "served", precision, {})
+    project = serve_artifacts(repo_copy, tmp_path / "served", setting, {})
     parity = served_parity(project, repo_copy / "artifacts/data_ingestion")
-    print(f"\n{precision}: {parity}")
-    servable = evaluation["serving_precision"]["servable"]
-    assert parity.precision == (precision if precision in servable else "float32")
+    print(f"\n{setting}: {parity}")
+    assert parity.variant == expected_variant(setting, evaluation["serving_variants"]["servable"])
     assert parity.holds(), parity
 
 

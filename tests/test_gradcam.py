@@ -25,7 +25,8 @@ def image(trained_project) -> np.ndarray:
 
 @pytest.fixture(scope="module", params=PRECISIONS)
 def scorer(request, model) -> Scorer:
-    """Both precisions on every CPU: bfloat16 is emulated where it is not native."""
+    """Both precisions on every CPU: bfloat16 is emulated where it is not native. Grad-CAM always
+    differentiates TensorFlow: with another served engine, the app takes the answer from that engine."""
     return Scorer(model, request.param)
 
 

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cancer_classifier.components.dataset import split_files
 from cancer_classifier.modeling import load_classifier
+from cancer_classifier.scoring import VARIANTS
 from cancer_classifier.tracking import use_experiment
 from cancer_classifier.utils.common import load_json
 from cancer_classifier.utils.images import decode_image
@@ -37,8 +38,8 @@ def test_evaluation_uses_only_the_held_out_test_split(trained_project):
     with open(config.root_dir / "predictions.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert {row["split"] for row in rows} == {"test"}  # the tiny project has no external test set
-    assert {row["precision"] for row in rows} == {"float32", "mixed_bfloat16"}
-    predicted = [row["file"] for row in rows if row["precision"] == "float32"]
+    assert {row["variant"] for row in rows} == {str(v) for v in VARIANTS}
+    predicted = [row["file"] for row in rows if row["variant"] == "tensorflow/float32"]
     assert sorted(predicted) == sorted(path.rsplit("/", 1)[1] for path in test_files)
     assert not set(predicted) & {path.rsplit("/", 1)[1] for path in train_files}
     report = load_json(config.root_dir / "evaluation.json")
@@ -69,8 +70,8 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
         load_json(trained_project.evaluation().root_dir / "evaluation.json")["metrics"]["roc_auc"]
     )
     assert run.data.tags["data_manifest_sha256"] and run.data.tags["base_weights"] == "none"
-    assert run.data.tags["servable_precisions"] == "float32,mixed_bfloat16"
-    assert {"test_bfloat16_roc_auc", "test_bfloat16_label_changes"} <= set(run.data.metrics)
+    assert run.data.tags["servable_variants"].split(",") == [str(v) for v in VARIANTS]
+    assert {"test_openvino_mixed_bfloat16_roc_auc", "test_openvino_float32_label_changes"} <= set(run.data.metrics)
     training_run = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert any(name.startswith("cv_roc_auc_") for name in training_run.data.metrics)  # the head selection
     paths, _ = split_files(trained_project.evaluation().data_dir, "test")
@@ -82,7 +83,8 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     classes = load_json(trained_project.training().root_dir / "class_indices.json")
     assert list(served[0]["probabilities"]) == list(classes)
     assert np.allclose(list(served[0]["probabilities"].values()), local[0], atol=1e-5)
-    assert served[0]["precision"] == "float32" and served[0]["in_distribution"] in (True, False)
+    assert (served[0]["engine"], served[0]["precision"]) == ("tensorflow", "float32")
+    assert served[0]["in_distribution"] in (True, False)
     # Installable anywhere: pinned published packages, one TensorFlow, the project's code inside the model.
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{tracking.registered_model}@{tracking.alias}"))
     requirements = (folder / "requirements.txt").read_text().split()
@@ -91,17 +93,22 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     assert (folder / "code/cancer_classifier/serving/mlflow_model.py").is_file()
 
 
-def test_evaluation_scores_both_precisions_and_records_which_may_be_served(trained_project):
+def test_evaluation_scores_every_variant_and_records_which_may_be_served(trained_project):
     report = load_json(trained_project.evaluation().root_dir / "evaluation.json")
-    serving = report["serving_precision"]
-    agreement = serving["agreement"]["test"]
-    assert report["precision"] == serving["reference"] == "float32"
-    assert agreement["images"] == report["test_images"] and 0 <= agreement["label_changes"] <= report["test_images"]
-    assert 0 <= agreement["median_probability_difference"] <= agreement["max_probability_difference"] <= 1
-    # The tiny project's tolerance admits bfloat16, so the app's bfloat16 path is exercised by the tests.
-    assert serving["servable"] == ["float32", "mixed_bfloat16"] and "may be served" in serving["verdict"]
+    serving = report["serving_variants"]
+    assert report["variant"] == serving["reference"] == "tensorflow/float32"
+    assert set(serving["variants"]) == {str(v) for v in VARIANTS} - {"tensorflow/float32"}
+    for variant, by_split in serving["variants"].items():
+        agreement = by_split["test"]
+        assert agreement["images"] == report["test_images"], variant
+        assert 0 <= agreement["label_changes"] <= report["test_images"]
+        assert 0 <= agreement["median_probability_difference"] <= agreement["max_probability_difference"] <= 1
+    # OpenVINO float32 computes the same function as TensorFlow float32, to float32 rounding.
+    assert serving["variants"]["openvino/float32"]["test"]["max_probability_difference"] < 1e-4
+    # The tiny project's tolerance admits every variant, so the app's paths are all exercised by the tests.
+    assert serving["servable"] == [str(v) for v in VARIANTS] and "may NOT" not in serving["verdict"]
     scores = json.loads(trained_project.evaluation().scores_path.read_text())
-    assert scores["bfloat16"]["servable"] is True and scores["external"] is None
+    assert scores["variants"]["openvino/mixed_bfloat16"]["servable"] is True and scores["external"] is None
     card = load_json(trained_project.evaluation().root_dir / "model_card.json")
-    assert card["serving_precision"]["servable"] == serving["servable"]
-    assert "Served precision" in (trained_project.evaluation().root_dir / "model_card.md").read_text()
+    assert card["serving_variants"]["servable"] == serving["servable"]
+    assert "Served variants" in (trained_project.evaluation().root_dir / "model_card.md").read_text()

@@ -13,12 +13,12 @@ from cancer_classifier.components.features import Features
 from cancer_classifier.components.prepare_base_model import PrepareBaseModel
 from cancer_classifier.components.training import Training
 from cancer_classifier.config import ConfigurationManager
-from cancer_classifier.modeling import PRECISIONS, load_classifier
+from cancer_classifier.modeling import load_classifier
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
 from cancer_classifier.scoring import Scorer
 from cancer_classifier.utils.common import load_json
 from tests.conftest import shared_path, write_project
-from tests.parity import serve_artifacts, served_parity
+from tests.parity import REFERENCE_AND_FURTHEST, expected_variant, serve_artifacts, served_parity
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
@@ -110,14 +110,13 @@ def test_four_classes_model_guards_against_inputs_unlike_ct(four_classes):
     assert not reference.in_distribution(scorer.score_images([blank, noise.astype("uint8")])[0]).any()
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_four_classes_served_over_http_equal_the_evaluated_predictions(four_classes, tmp_path, precision):
+@pytest.mark.parametrize("setting", REFERENCE_AND_FURTHEST)
+def test_four_classes_served_over_http_equal_the_evaluated_predictions(four_classes, tmp_path, setting):
     manager, _, result = four_classes
-    project = serve_artifacts(manager.root, tmp_path / "served", precision, real_params(classes=FOUR_CLASSES))
+    project = serve_artifacts(manager.root, tmp_path / "served", setting, real_params(classes=FOUR_CLASSES))
     for split in ("test", "external"):
         parity = served_parity(project, manager.evaluation().data_dir, split)
-        print(f"\n{precision}, {split}: {parity}")
-        # bfloat16 is served only where the evaluation measured it harmless for this model
-        servable = result["serving_precision"]["servable"]
-        assert parity.precision == (precision if precision in servable else "float32")
+        print(f"\n{setting}, {split}: {parity}")
+        # a variant is served only where the evaluation measured it harmless for this model
+        assert parity.variant == expected_variant(setting, result["serving_variants"]["servable"])
         assert parity.holds(), parity

@@ -99,7 +99,8 @@ def test_records_and_features_give_the_same_answers_for_several_rows(tclient, br
     assert set(first["probabilities"]) == {"benign", "malignant"}
     assert first["probability"] == max(first["probabilities"].values())
     assert by_features["columns"] == list(test.columns)
-    expected = {"name": "breast-cancer-classifier", "version": "1", "demo": False, "precision": None}
+    expected = {"name": "breast-cancer-classifier", "version": "1", "demo": False, "precision": None,
+                "engine": None}
     assert by_features["model"] == expected
     assert by_features["kind"] == "diagnostic" and "not for clinical use" in by_features["intended_use"]
     answers = predict(tclient, "breast-cancer", {"features": test.values.tolist()}).get_json()["predictions"]

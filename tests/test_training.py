@@ -21,6 +21,7 @@ from cancer_classifier.components.heads import (
 from cancer_classifier.components.prepare_base_model import PrepareBaseModel
 from cancer_classifier.components.training import Training
 from cancer_classifier.modeling import build_head, load_classifier
+from cancer_classifier.scoring import VARIANTS
 from cancer_classifier.utils.common import StageInputError, load_json
 
 
@@ -96,7 +97,7 @@ def test_features_are_cached_per_view_and_the_head_trains_on_them(trained_projec
     assert cached["train"].shape == (views * len(train_files), 512)
     assert np.array_equal(cached["train_labels"], np.tile(train_labels, views))
     assert info["forward_passes"] == views * len(train_files) + len(cached["val"])
-    assert info["precision"] in ("float32", "mixed_bfloat16")
+    assert info["variant"] in {str(v) for v in VARIANTS}
 
 
 def test_input_reference_describes_the_training_split(trained_project):
@@ -112,7 +113,7 @@ def test_input_reference_describes_the_training_split(trained_project):
 def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32(project):
     manager = project(
         params={
-            "features": {"precision": "mixed_bfloat16"},
+            "features": {"precision": "mixed_bfloat16", "engine": "openvino"},
             "training": {
                 "epochs": 3,
                 "head": {"candidates": ["logistic"], "logistic_c": [1.0], "cv_folds": 2},
@@ -135,3 +136,5 @@ def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32
     assert after.get_layer("block5_conv3").dtype_policy.name == "float32"
     info = load_json(manager.training().root_dir / "training_info.json")
     assert info["precision"] == "mixed_bfloat16" and info["fine_tune_epochs"] == 1
+    # the features (before and after fine-tuning) came from the forced engine; fine-tuning is TensorFlow's
+    assert load_json(manager.features().root_dir / "features_info.json")["variant"] == "openvino/mixed_bfloat16"

@@ -1,13 +1,16 @@
 """The one path from pixels to probabilities, used by the features stage, training, evaluation,
 the register stage's champion comparison, the app and Grad-CAM:
 
-    raw RGB pixels -> harmonise (float32) -> VGG16 preprocessing and base (float32 or bfloat16)
-    -> pooled features (float32; the out-of-distribution check reads them) -> head (float32)
-    -> probabilities (float32)
+    raw RGB pixels -> harmonise (float32) -> VGG16 preprocessing and base (float32 or bfloat16,
+    computed by TensorFlow or OpenVINO) -> pooled features (float32; the out-of-distribution check
+    reads them) -> head (float32, TensorFlow) -> probabilities (float32)
 
-Only the convolutional base may compute in bfloat16; whether that is harmless for a given model is
-measured by the evaluation stage, which scores the test split in both precisions.
+A *variant* is the engine and precision of the frozen base's pass. TensorFlow in float32 is the
+reference; whether another variant is harmless for a given model is measured by the evaluation
+stage, which scores the test split in every variant. Grad-CAM always differentiates TensorFlow.
 """
+
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -15,25 +18,92 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from cancer_classifier.components.dataset import image_batches
-from cancer_classifier.modeling import PRECISIONS, base_in_precision, harmonise_layer
+from cancer_classifier.modeling import PRECISIONS, base_in_precision, harmonise_layer, native_bfloat16
 from cancer_classifier.utils.limits import limit_size
+
+ENGINES = ("tensorflow", "openvino")
+OPENVINO_PRECISION = {"float32": "f32", "mixed_bfloat16": "bf16"}  # INFERENCE_PRECISION_HINT values
+
+
+@dataclass(frozen=True, order=True)
+class Variant:
+    """How the frozen base computes: its engine and precision; written ``engine/precision``."""
+
+    engine: str
+    precision: str
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES or self.precision not in PRECISIONS:
+            raise ValueError(f"a variant is one of {ENGINES} / one of {PRECISIONS}, got {self}")
+
+    def __str__(self) -> str:
+        return f"{self.engine}/{self.precision}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        """``engine/precision``; a bare precision (model cards written before engines) is TensorFlow's."""
+        engine, _, precision = text.rpartition("/")
+        return cls(engine or "tensorflow", precision)
+
+
+REFERENCE = Variant("tensorflow", "float32")
+VARIANTS = tuple(Variant(engine, precision) for engine in ENGINES for precision in PRECISIONS)
+
+
+def resolve_variant(engine: str, precision: str) -> Variant:
+    """``auto`` settings for this CPU, chosen by measurement (benchmarks/results.md): bfloat16 and
+    OpenVINO where the CPU computes bfloat16 natively (OpenVINO's bf16 base ran 2.2x TensorFlow's
+    there); elsewhere TensorFlow in float32, since no engine beat it by 1.5x in float32."""
+    native = native_bfloat16()
+    if precision == "auto":
+        precision = "mixed_bfloat16" if native else "float32"
+    if engine == "auto":
+        engine = "openvino" if native and precision == "mixed_bfloat16" else "tensorflow"
+    return Variant(engine, precision)
+
+
+class OpenVinoFeatures:
+    """The model's preprocessing, base and pooling as one OpenVINO network (converted in memory from
+    the same float32 weights) that maps harmonised images to pooled float32 features."""
+
+    def __init__(self, preprocess: keras.layers.Layer, base: keras.Model, pooling: keras.layers.Layer,
+                 image_size: int, precision: str) -> None:
+        import openvino as ov  # only where this engine is chosen
+
+        inputs = keras.Input((image_size, image_size, 3), name="harmonised")
+        network = keras.Model(inputs, pooling(base(preprocess(inputs), training=False)))
+        spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32)
+        function = tf.function(lambda x: network(x, training=False), input_signature=[spec])
+        converted = ov.convert_model(function.get_concrete_function())
+        self.compiled = ov.Core().compile_model(converted, "CPU", {
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],  # emulated where not native
+            "PERFORMANCE_HINT": "LATENCY",
+        })
+
+    def __call__(self, harmonised: np.ndarray) -> np.ndarray:
+        request = self.compiled.create_infer_request()  # one per call: callers may be threads
+        return np.array(request.infer([harmonised])[0], dtype="float32")
 
 
 class Scorer:
-    """A saved classifier, scoring in one precision: ``float32`` or ``mixed_bfloat16`` (base only)."""
+    """A saved classifier, scoring in one variant (by default the reference, TensorFlow float32)."""
 
-    def __init__(self, model: keras.Model, precision: str = "float32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.model, self.precision = model, precision
+    def __init__(self, model: keras.Model, precision: str = "float32", engine: str = "tensorflow") -> None:
+        self.variant = Variant(engine, precision)
+        self.model, self.precision, self.engine = model, precision, engine
         self.harmonise = harmonise_layer(model)
         self.preprocess = model.get_layer("vgg16_preprocess")
-        self.base = base_in_precision(model, precision)
+        self.base = base_in_precision(model, precision)  # TensorFlow's, also for Grad-CAM and fine-tuning
         self.pooling = model.get_layer("pooling")  # a float32 layer: bfloat16 activations are cast up first
         self.head = model.get_layer("head")
         inputs = keras.Input((None, None, 3), name="harmonised")
         features = self.pooling(self.base(self.preprocess(inputs), training=False))
         self.network = keras.Model(inputs, [features, self.head(features)], name=f"scorer_{precision}")
+        self.openvino = (
+            OpenVinoFeatures(self.preprocess, model.get_layer("vgg16"), self.pooling, self.harmonise.image_size,
+                             precision)
+            if engine == "openvino" else None
+        )
 
     @property
     def n_classes(self) -> int:
@@ -41,13 +111,16 @@ class Scorer:
 
     def score(self, harmonised: np.ndarray | tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Pooled features (n, 512) and probabilities (n, classes) of a batch of harmonised images."""
-        features, probabilities = self.network(harmonised, training=False)
-        return keras.ops.convert_to_numpy(features), keras.ops.convert_to_numpy(probabilities)
+        if self.openvino is None:
+            features, probabilities = self.network(harmonised, training=False)
+            return keras.ops.convert_to_numpy(features), keras.ops.convert_to_numpy(probabilities)
+        features = self.openvino(keras.ops.convert_to_numpy(harmonised))
+        return features, keras.ops.convert_to_numpy(self.head(features, training=False))
 
     def score_batches(self, batches: tf.data.Dataset, total: int, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Every batch of a dataset of harmonised images, concatenated, with a progress bar."""
         features, probabilities = [], []
-        with tqdm(total=total, desc=f"{what} ({self.precision})", unit="img", mininterval=2) as bar:
+        with tqdm(total=total, desc=f"{what} ({self.variant})", unit="img", mininterval=2) as bar:
             for batch in batches:
                 f, p = self.score(batch)
                 features.append(f)

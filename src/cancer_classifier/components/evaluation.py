@@ -1,8 +1,9 @@
 """Stage 5: score the trained model on the held-out test split only (and an external test set if one
-was ingested), with intervals and plots, through the scoring path the app serves, in both precisions.
+was ingested), with intervals and plots, through the scoring path the app serves, in every variant.
 
-float32 is the reference; bfloat16 (base only) may be served only where this stage measured that it
-changes no more labels and ROC-AUC no more than ``evaluation.bfloat16_tolerance`` allows.
+TensorFlow in float32 is the reference; another variant (OpenVINO, bfloat16 base) may be served only
+where this stage measured that it changes no more labels and ROC-AUC no more than
+``evaluation.serving_tolerance`` allows.
 """
 
 import csv
@@ -23,19 +24,17 @@ from cancer_classifier.components.metrics import bootstrap_intervals, headline_m
 from cancer_classifier.components.model_card import build_model_card, render_markdown
 from cancer_classifier.components.shortcut_audit import shortcut_audit
 from cancer_classifier.entity import EvaluationConfig
-from cancer_classifier.modeling import MODEL_FILE, PRECISIONS, harmonise_layer, load_classifier
+from cancer_classifier.modeling import MODEL_FILE, harmonise_layer, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
-from cancer_classifier.scoring import Scorer
+from cancer_classifier.scoring import REFERENCE, VARIANTS, Scorer
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
 PREDICT_BATCH = 16
-REFERENCE_PRECISION = "float32"
-BFLOAT16 = "mixed_bfloat16"
 
 
-def precision_agreement(y_true: np.ndarray, reference: np.ndarray, other: np.ndarray, positive: int) -> dict:
-    """How far bfloat16's probabilities are from float32's for the same images."""
+def variant_agreement(y_true: np.ndarray, reference: np.ndarray, other: np.ndarray, positive: int) -> dict:
+    """How far a variant's probabilities are from the reference's for the same images, and its metrics."""
     difference = np.abs(reference - other).max(axis=1)
     changed = int((reference.argmax(axis=1) != other.argmax(axis=1)).sum())
     auc = [headline_metrics(y_true, p, positive)["roc_auc"] for p in (reference, other)]
@@ -46,6 +45,7 @@ def precision_agreement(y_true: np.ndarray, reference: np.ndarray, other: np.nda
         "max_probability_difference": float(difference.max(initial=0)),
         "median_probability_difference": float(np.median(difference)) if len(difference) else 0.0,
         "roc_auc_change": float(auc[1] - auc[0]),
+        "metrics": headline_metrics(y_true, other, positive),
     }
 
 
@@ -131,7 +131,7 @@ def log_dvclive(
 
 
 def write_predictions(path: Path, scored: dict, classes: list[str], ood: OODReference | None) -> None:
-    """One row per split, image and precision: what the app answers for the same file in that precision."""
+    """One row per split, image and variant: what the app answers for the same file in that variant."""
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(
@@ -139,15 +139,15 @@ def write_predictions(path: Path, scored: dict, classes: list[str], ood: OODRefe
                 "split",
                 "file",
                 "label",
-                "precision",
+                "variant",
                 "predicted",
                 "in_distribution",
                 "ood_score",
                 *[f"p_{c}" for c in classes],
             ]
         )
-        for split, (paths, y_true, by_precision) in scored.items():
-            for precision, (features, proba) in by_precision.items():
+        for split, (paths, y_true, by_variant) in scored.items():
+            for variant, (features, proba) in by_variant.items():
                 distances = ood.distances(features) if ood else [None] * len(paths)
                 for path, truth, p, distance in zip(paths, y_true, proba, distances):
                     inside = "" if distance is None else distance <= ood.threshold
@@ -157,7 +157,7 @@ def write_predictions(path: Path, scored: dict, classes: list[str], ood: OODRefe
                             split,
                             Path(path).name,
                             classes[truth],
-                            precision,
+                            variant,
                             classes[p.argmax()],
                             inside,
                             score,
@@ -174,14 +174,16 @@ def scores_of_split(report: dict) -> dict:
     }
 
 
-def scores_of_agreement(serving: dict) -> dict:
-    """bfloat16 against float32 on the test split: the served-precision check in the metric file."""
-    test = serving["agreement"]["test"]
+def scores_of_variants(serving: dict) -> dict:
+    """Each variant against the reference on the test split: the serving check in the metric file."""
     return {
-        "roc_auc": round(test["bfloat16_metrics"]["roc_auc"], 4),
-        "label_changes": test["label_changes"],
-        "max_probability_difference": round(test["max_probability_difference"], 4),
-        "servable": BFLOAT16 in serving["servable"],
+        variant: {
+            "roc_auc": round(by_split["test"]["metrics"]["roc_auc"], 4),
+            "label_changes": by_split["test"]["label_changes"],
+            "max_probability_difference": round(by_split["test"]["max_probability_difference"], 4),
+            "servable": variant in serving["servable"],
+        }
+        for variant, by_split in serving["variants"].items()
     }
 
 
@@ -190,39 +192,31 @@ class Evaluation:
         self.config = config
 
     def score_split(self, scorers: dict[str, Scorer], split: str) -> tuple[list[str], np.ndarray, dict]:
-        """Paths, labels and ``{precision: (features, probabilities)}`` of one ingested split."""
+        """Paths, labels and ``{variant: (features, probabilities)}`` of one ingested split."""
         paths, y_true = split_files(self.config.data_dir, split)
         scored = {
-            precision: tuple(a.astype(np.float64) for a in scorer.score_files(paths, PREDICT_BATCH, f"{split} split"))
-            for precision, scorer in scorers.items()
+            variant: tuple(a.astype(np.float64) for a in scorer.score_files(paths, PREDICT_BATCH, f"{split} split"))
+            for variant, scorer in scorers.items()
         }
         return paths, y_true, scored
 
-    def precision_verdict(self, agreements: dict[str, dict]) -> dict:
-        """Which precisions may be served: bfloat16 only within the tolerance on every scored split."""
+    def variant_verdict(self, agreements: dict[str, dict[str, dict]]) -> dict:
+        """Which variants may be served: each only within the tolerance on every scored split."""
         config = self.config
-        within = all(
-            a["label_changes"] <= config.bfloat16_label_changes and abs(a["roc_auc_change"]) <= config.bfloat16_roc_auc
-            for a in agreements.values()
-        )
-        tolerance = f"at most {config.bfloat16_label_changes} label change(s), ROC-AUC within {config.bfloat16_roc_auc}"
-        measured = ", ".join(
-            f"{split}: {a['label_changes']} label change(s), ROC-AUC {a['roc_auc_change']:+.4f}"
-            for split, a in agreements.items()
-        )
-        verdict = (
-            f"bfloat16 may be served ({measured}; allowed: {tolerance})"
-            if within
-            else f"bfloat16 is NOT served: it differs from float32 beyond the tolerance ({measured}; "
-            f"allowed: {tolerance}); the app serves this model in float32"
-        )
-        (logger.info if within else logger.warning)(verdict)
-        return {
-            "reference": REFERENCE_PRECISION,
-            "servable": list(PRECISIONS) if within else [REFERENCE_PRECISION],
-            "verdict": verdict,
-            "agreement": agreements,
-        }
+        labels, auc = config.tolerated_label_changes, config.tolerated_roc_auc_change
+        tolerance = f"at most {labels} label change(s), ROC-AUC within {auc}"
+        servable, verdicts = [str(REFERENCE)], []
+        for variant, by_split in agreements.items():
+            within = all(a["label_changes"] <= labels and abs(a["roc_auc_change"]) <= auc for a in by_split.values())
+            measured = ", ".join(
+                f"{split}: {a['label_changes']} label change(s), ROC-AUC {a['roc_auc_change']:+.4f}"
+                for split, a in by_split.items()
+            )
+            verdicts.append(f"{variant} {'may' if within else 'may NOT'} be served ({measured})")
+            servable += [variant] if within else []
+        verdict = f"{'; '.join(verdicts)}; allowed: {tolerance} against {REFERENCE}"
+        (logger.info if len(servable) == len(VARIANTS) else logger.warning)(verdict)
+        return {"reference": str(REFERENCE), "servable": servable, "verdict": verdict, "variants": agreements}
 
     def run(self) -> dict:
         config = self.config
@@ -233,17 +227,17 @@ class Evaluation:
         model = load_classifier(config.model_dir / MODEL_FILE)
         ood_path = config.model_dir / REFERENCE_FILE
         ood = OODReference.load(ood_path) if ood_path.is_file() else None
-        scorers = {precision: Scorer(model, precision) for precision in PRECISIONS}
+        scorers = {str(v): Scorer(model, v.precision, v.engine) for v in VARIANTS}
         splits = ["test"] + (["external"] if (data.get("external") or {}).get("images_kept") else [])
         scored = {split: self.score_split(scorers, split) for split in splits}
-        reports, agreements = {}, {}
-        for split, (_, y_true, by_precision) in scored.items():
-            reference, other = by_precision[REFERENCE_PRECISION][1], by_precision[BFLOAT16][1]
+        reports, agreements = {}, {str(v): {} for v in VARIANTS if v != REFERENCE}
+        for split, (_, y_true, by_variant) in scored.items():
+            reference = by_variant[str(REFERENCE)][1]
             reports[split] = split_report(y_true, reference, classes, positive, config)
-            agreements[split] = precision_agreement(y_true, reference, other, positive)
-            agreements[split]["bfloat16_metrics"] = headline_metrics(y_true, other, positive)
-        paths, y_true, by_precision = scored["test"]
-        proba = by_precision[REFERENCE_PRECISION][1]
+            for variant, by_split in agreements.items():
+                by_split[split] = variant_agreement(y_true, reference, by_variant[variant][1], positive)
+        paths, y_true, by_variant = scored["test"]
+        proba = by_variant[str(REFERENCE)][1]
         test = reports["test"]
         audit = shortcut_audit(
             config.data_dir, harmonise_layer(model), positive, config.bootstrap_resamples, config.seed
@@ -256,10 +250,10 @@ class Evaluation:
             "positive_class": config.positive_class if len(classes) == 2 else None,
             "averaging": "positive class" if len(classes) == 2 else "macro over classes",
             "demo": info["demo"],
-            "precision": REFERENCE_PRECISION,
+            "variant": str(REFERENCE),
             **{key: test[key] for key in ("metrics", "ci95", "per_class", "confusion_matrix")},
             "bootstrap_resamples": config.bootstrap_resamples,
-            "serving_precision": self.precision_verdict(agreements),
+            "serving_variants": self.variant_verdict(agreements),
             "external": (
                 {"source": data["external"]["source"], **reports["external"]} if "external" in reports else None
             ),
@@ -307,7 +301,7 @@ class Evaluation:
                 "shortcut_warning": report["shortcut_warning"],
                 "test_images": report["test_images"],
                 "demo": report["demo"],
-                "bfloat16": scores_of_agreement(report["serving_precision"]),
+                "variants": scores_of_variants(report["serving_variants"]),
                 "external": (
                     scores_of_split(report["external"]) | {"images": report["external"]["images"]}
                     if report["external"]

@@ -13,8 +13,8 @@ import numpy as np
 
 from cancer_classifier.components.dataset import image_batches, split_files
 from cancer_classifier.entity import AugmentationConfig, FeaturesConfig
-from cancer_classifier.modeling import load_classifier, resolve_precision
-from cancer_classifier.scoring import Scorer
+from cancer_classifier.modeling import load_classifier
+from cancer_classifier.scoring import Scorer, resolve_variant
 from cancer_classifier.utils.common import atomic_directory, save_json
 from cancer_classifier.utils.logging import logger
 
@@ -62,8 +62,8 @@ class Features:
     def run(self) -> Path:
         config = self.config
         keras.utils.set_random_seed(config.seed)
-        precision = resolve_precision(config.precision)
-        scorer = Scorer(load_classifier(config.base_model_dir / "base_model.keras"), precision)
+        variant = resolve_variant(config.engine, config.precision)
+        scorer = Scorer(load_classifier(config.base_model_dir / "base_model.keras"), variant.precision, variant.engine)
         (train, y_train), (val, y_val) = (split_files(config.data_dir, split) for split in ("train", "val"))
         started = time.perf_counter()
         augment = augmenter(config.augmentation, config.seed)
@@ -80,9 +80,10 @@ class Features:
                 "train_images": len(train),
                 "val_images": len(val),
                 "views": config.views,
-                "precision": precision,
+                "precision": variant.precision,
+                "variant": str(variant),
                 "forward_passes": len(train) * config.views + len(val),
                 "seconds": round(seconds, 1),
             })
-        logger.info("features of %d images in %.0f s (%s)", len(train) + len(val), seconds, precision)
+        logger.info("features of %d images in %.0f s (%s)", len(train) + len(val), seconds, variant)
         return config.root_dir / FEATURE_FILE

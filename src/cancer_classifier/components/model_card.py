@@ -50,11 +50,11 @@ def build_model_card(report: dict, data: dict, base: dict, training: dict) -> di
             "metrics": report["metrics"],
             "ci95": report["ci95"],
             "per_class": report["per_class"],
-            "precision": report["precision"],
+            "variant": report["variant"],
         },
         "external_test": report["external"],
-        "serving_precision": report["serving_precision"],
-        "model_sha256": report["model_sha256"],  # the app serves bfloat16 only for this very file
+        "serving_variants": report["serving_variants"],
+        "model_sha256": report["model_sha256"],  # the app serves another variant only for this very file
         "shortcut_baseline": report["baseline"] | {"warning": report["shortcut_warning"]},
         "model_input_baseline": report["input_baseline"],
         "known_limits": known_limits(report, data),
@@ -83,11 +83,12 @@ def render_markdown(card: dict) -> str:
         else "resized only (no harmonisation)"
     )
     warning = " **Warning: close to the model.**" if baseline["warning"] else ""
-    serving = card["serving_precision"]
+    serving = card["serving_variants"]
     agreement = "\n".join(
-        f"| {split} | {a['images']} | {a['label_changes']} | {a['max_probability_difference']:.4f} | "
+        f"| {variant} | {split} | {a['images']} | {a['label_changes']} | {a['max_probability_difference']:.4f} | "
         f"{a['median_probability_difference']:.4f} | {a['roc_auc_change']:+.4f} |"
-        for split, a in serving["agreement"].items()
+        for variant, by_split in serving["variants"].items()
+        for split, a in by_split.items()
     )
     external = card["external_test"]
     external_text = (
@@ -128,7 +129,7 @@ Input size {training["image_size"]} px, {preprocessing}; head `{training["head"]
 {training["fine_tune_epochs"]} fine-tuning epochs; seed {training["seed"]}.
 
 ## Evaluation ({evaluation["split"]}, {evaluation["test_images"]} images, {evaluation["averaging"]})
-Scored through the app's own path in {evaluation["precision"]}; bfloat16 below.
+Scored through the app's own path in {evaluation["variant"]} (engine/precision); other variants below.
 
 | metric | value | 95% bootstrap interval |
 |---|---|---|
@@ -139,11 +140,11 @@ Shortcut baseline ({baseline["model"]}): ROC-AUC {baseline["metrics"]["roc_auc"]
 Model-input baseline ({inputs["model"]}): ROC-AUC {inputs["metrics"]["roc_auc"]:.3f}
 ({_interval(inputs["ci95"]["roc_auc"])}): what is left of the source cues in what the model sees.
 {external_text}
-## Served precision
+## Served variants (engine/precision of the VGG16 base)
 Servable: {", ".join(serving["servable"])}. {serving["verdict"]}.
 
-| split | images | labels changed by bfloat16 | largest probability difference | median | ROC-AUC change |
-|---|---|---|---|---|---|
+| variant | split | images | labels changed | largest probability difference | median | ROC-AUC change |
+|---|---|---|---|---|---|---|
 {agreement}
 
 ## Known limits

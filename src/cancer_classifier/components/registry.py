@@ -39,7 +39,7 @@ from cancer_classifier.registration import (
     pinned_requirements,
     register,
 )
-from cancer_classifier.scoring import Scorer
+from cancer_classifier.scoring import REFERENCE, Scorer
 from cancer_classifier.tracking import connect, public_uri, tracking_errors
 from cancer_classifier.utils.common import StageInputError, atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
@@ -53,14 +53,16 @@ def git_commit() -> str:
 
 
 def evaluation_metrics(evaluation: dict) -> dict[str, float]:
-    """Test-split metrics (``test_*``), external ones (``external_*``) and the bfloat16 agreement."""
+    """Test-split metrics (``test_*``), external ones (``external_*``) and each variant's agreement."""
     metrics = {f"test_{k}": v for k, v in evaluation["metrics"].items()}
     if evaluation.get("external"):
         metrics |= {f"external_{k}": v for k, v in evaluation["external"]["metrics"].items()}
-    for split, agreement in evaluation["serving_precision"]["agreement"].items():
-        metrics[f"{split}_bfloat16_roc_auc"] = agreement["bfloat16_metrics"]["roc_auc"]
-        metrics[f"{split}_bfloat16_label_changes"] = agreement["label_changes"]
-        metrics[f"{split}_bfloat16_max_probability_difference"] = agreement["max_probability_difference"]
+    for variant, by_split in evaluation["serving_variants"]["variants"].items():
+        name = variant.replace("/", "_")
+        for split, agreement in by_split.items():
+            metrics[f"{split}_{name}_roc_auc"] = agreement["metrics"]["roc_auc"]
+            metrics[f"{split}_{name}_label_changes"] = agreement["label_changes"]
+            metrics[f"{split}_{name}_max_probability_difference"] = agreement["max_probability_difference"]
     return {name: float(value) for name, value in metrics.items() if np.isfinite(value)}
 
 
@@ -153,12 +155,12 @@ def champion_training_images(champion: Version) -> set[str] | None:
 
 
 def evaluated_probabilities(predictions: Path, classes: list[str]) -> dict[str, np.ndarray]:
-    """This model's float32 test probabilities by file name, as the evaluation stage wrote them."""
+    """This model's reference-variant test probabilities by file name, as the evaluation stage wrote them."""
     with open(predictions, newline="") as file:
         return {
             row["file"]: np.array([float(row[f"p_{c}"]) for c in classes])
             for row in csv.DictReader(file)
-            if row["split"] == "test" and row["precision"] == "float32"
+            if row["split"] == "test" and row["variant"] == str(REFERENCE)
         }
 
 
@@ -247,7 +249,7 @@ class ModelRegistry:
             "classes": json.dumps(evaluation["classes"]),
             "intended_use": intended_use(demo),
             "model_sha256": evaluation["model_sha256"],
-            "servable_precisions": ",".join(evaluation["serving_precision"]["servable"]),
+            "servable_variants": ",".join(evaluation["serving_variants"]["servable"]),
             "git_commit": git_commit(),
             "data_manifest_sha256": sha256_file(config.data_dir / "manifest.csv"),
             "base_weights": base["weights"],

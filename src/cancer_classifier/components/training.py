@@ -22,12 +22,11 @@ from cancer_classifier.modeling import (
     MODEL_FILE,
     intended_use,
     load_classifier,
-    resolve_precision,
     unfreeze_last_blocks,
     with_head,
 )
 from cancer_classifier.ood import REFERENCE_FILE, fit_reference
-from cancer_classifier.scoring import Scorer
+from cancer_classifier.scoring import Scorer, resolve_variant
 from cancer_classifier.tracking import public_uri, tracking_errors, use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
@@ -70,7 +69,8 @@ class Training:
     def __init__(self, config: TrainingConfig) -> None:
         self.config = config
         self.base_info = load_json(config.base_model_dir / "base_model_info.json")
-        self.precision = resolve_precision(config.precision)
+        self.variant = resolve_variant(config.engine, config.precision)
+        self.precision = self.variant.precision
 
     def fine_tune(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
         """Train the last conv blocks and the head end to end, through the scoring path in its precision."""
@@ -142,7 +142,7 @@ class Training:
             if config.fine_tune_blocks:
                 history["fine_tune"] = self.fine_tune(model, train, val, len(classes))
                 # fine-tuning moved the features: the reference must describe the final model's
-                final = Scorer(model, self.precision)
+                final = Scorer(model, self.precision, self.variant.engine)
                 x_train, x_val = (extract_features(final, paths, config.batch_size) for paths in (train[0], val[0]))
             ood = fit_reference(x_train, x_val, config.ood_components, config.ood_quantile)
         seconds = time.perf_counter() - started

@@ -34,6 +34,7 @@ PARAMS_FILE_PATH = Path("params.yaml")
 VGG16_MIN_IMAGE_SIZE = 32
 VGG16_CONV_BLOCKS = 5
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+ENGINES = ("auto", "tensorflow", "openvino")
 HEADS = ("logistic", "mlp")  # modeling.build_head's kinds
 PROMOTION_METRICS = ("roc_auc", "accuracy", "f1", "sensitivity", "specificity", "jaccard")
 
@@ -61,6 +62,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "max_upload_mb": NUMBER,
         "dicom_window": {"center": NUMBER, "width": NUMBER},
         "precision": str,
+        "engine": str,
         "max_batch": int,
         "read_timeout_seconds": NUMBER,
         "body_deadline_seconds": NUMBER,
@@ -109,6 +111,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "seed": int,
         "batch_size": int,
         "precision": str,
+        "engine": str,
         "views": int,
         "augmentation": {"flip": bool, "rotation": NUMBER, "zoom": NUMBER, "contrast": NUMBER},
     },
@@ -129,7 +132,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "bootstrap_resamples": int,
         "shortcut_margin": NUMBER,
         "seed": int,
-        "bfloat16_tolerance": {"label_changes": int, "roc_auc": NUMBER},
+        "serving_tolerance": {"label_changes": int, "roc_auc": NUMBER},
     },
     "tabular": dict,  # the tabular tasks: checked by config/tabular.py
 }
@@ -203,7 +206,7 @@ class ConfigurationManager:
 
     def _check_values(self) -> None:
         data, base, train = self.params["data"], self.params["base_model"], self.params["training"]
-        features, tolerance = self.params["features"], self.params["evaluation"]["bfloat16_tolerance"]
+        features, tolerance = self.params["features"], self.params["evaluation"]["serving_tolerance"]
         classes = data["classes"]
         if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
             self._fail_param("data.classes", "a list of at least two distinct class names", classes)
@@ -226,8 +229,8 @@ class ConfigurationManager:
             ("training.ood_components", train["ood_components"], 1),
             ("training.fine_tune.epochs", train["fine_tune"]["epochs"], 1),
             ("training.head.cv_folds", train["head"]["cv_folds"], 2),
-            ("evaluation.bfloat16_tolerance.label_changes", tolerance["label_changes"], 0),
-            ("evaluation.bfloat16_tolerance.roc_auc", tolerance["roc_auc"], 0),
+            ("evaluation.serving_tolerance.label_changes", tolerance["label_changes"], 0),
+            ("evaluation.serving_tolerance.roc_auc", tolerance["roc_auc"], 0),
             ("evaluation.bootstrap_resamples", self.params["evaluation"]["bootstrap_resamples"], 100),
         ]:
             if value < low:
@@ -240,6 +243,8 @@ class ConfigurationManager:
             self._fail_param("base_model.dropout", "in [0, 1)", base["dropout"])
         if features["precision"] not in PRECISIONS:
             self._fail_param("features.precision", f"one of {PRECISIONS}", features["precision"])
+        if features["engine"] not in ENGINES:
+            self._fail_param("features.engine", f"one of {ENGINES}", features["engine"])
         head = train["head"]
         names, strengths = head["candidates"], head["logistic_c"]
         if not names or not set(names) <= set(HEADS) or len(set(names)) < len(names):
@@ -284,6 +289,10 @@ class ConfigurationManager:
         if serving["precision"] not in PRECISIONS:
             raise ConfigError(
                 f"{self.config_path}: 'serving.precision' must be one of {PRECISIONS}, got {serving['precision']!r}"
+            )
+        if serving["engine"] not in ENGINES:
+            raise ConfigError(
+                f"{self.config_path}: 'serving.engine' must be one of {ENGINES}, got {serving['engine']!r}"
             )
         monitoring = serving["monitoring"]
         if monitoring["window"] < 10 or not monitoring["drift_alert_psi"] > 0 or not monitoring["max_log_mb"] > 0:
@@ -396,7 +405,8 @@ class ConfigurationManager:
             batch_size=features["batch_size"],
             views=features["views"],
             augmentation=self._augmentation(),
-            precision=self.params["features"]["precision"],
+            precision=features["precision"],
+            engine=features["engine"],
         )
 
     def training(self) -> TrainingConfig:
@@ -422,6 +432,7 @@ class ConfigurationManager:
             fine_tune_epochs=train["fine_tune"]["epochs"],
             fine_tune_learning_rate=float(train["fine_tune"]["learning_rate"]),
             precision=self.params["features"]["precision"],
+            engine=self.params["features"]["engine"],
             tracking=self.tracking(),
         )
 
@@ -437,8 +448,8 @@ class ConfigurationManager:
             bootstrap_resamples=evaluation["bootstrap_resamples"],
             shortcut_margin=float(evaluation["shortcut_margin"]),
             seed=evaluation["seed"],
-            bfloat16_label_changes=evaluation["bfloat16_tolerance"]["label_changes"],
-            bfloat16_roc_auc=float(evaluation["bfloat16_tolerance"]["roc_auc"]),
+            tolerated_label_changes=evaluation["serving_tolerance"]["label_changes"],
+            tolerated_roc_auc_change=float(evaluation["serving_tolerance"]["roc_auc"]),
         )
 
     def tracking(self) -> TrackingConfig:
@@ -471,6 +482,7 @@ class ConfigurationManager:
             dicom_window_center=float(serving["dicom_window"]["center"]),
             dicom_window_width=float(serving["dicom_window"]["width"]),
             precision=serving["precision"],
+            engine=serving["engine"],
             max_batch=serving["max_batch"],
             read_timeout_seconds=float(serving["read_timeout_seconds"]),
             body_deadline_seconds=float(serving["body_deadline_seconds"]),

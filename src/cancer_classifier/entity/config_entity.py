@@ -60,6 +60,7 @@ class FeaturesConfig:
     views: int  # per training image: view 0 as is, the rest augmented
     augmentation: AugmentationConfig
     precision: str  # auto | float32 | mixed_bfloat16
+    engine: str  # auto | tensorflow | openvino: what computes the frozen base's pass
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class TrainingConfig:
     fine_tune_epochs: int
     fine_tune_learning_rate: float
     precision: str  # auto | float32 | mixed_bfloat16: for the frozen base's feature pass and fine-tuning
+    engine: str  # auto | tensorflow | openvino: for the features of a fine-tuned model (fine-tuning is TensorFlow)
     tracking: "TrackingConfig"
 
 
@@ -98,8 +100,8 @@ class EvaluationConfig:
     bootstrap_resamples: int
     shortcut_margin: float
     seed: int
-    bfloat16_label_changes: int  # most labels bfloat16 may change and still be served
-    bfloat16_roc_auc: float  # most ROC-AUC change bfloat16 may cause and still be served
+    tolerated_label_changes: int  # most labels a variant may change against the reference and still be served
+    tolerated_roc_auc_change: float  # most ROC-AUC change a variant may cause and still be served
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class ServingConfig:
     dicom_window_center: float
     dicom_window_width: float
     precision: str  # auto | float32 | mixed_bfloat16
+    engine: str  # auto | tensorflow | openvino
     max_batch: int  # most images one /predict request may carry
     read_timeout_seconds: float  # a stalled upload gets a 408 after this long
     body_deadline_seconds: float  # the whole body must arrive within this

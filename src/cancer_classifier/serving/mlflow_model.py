@@ -6,7 +6,7 @@ app reads) from its artifacts. A request is what the app accepts, as base64:
 ``{"dataframe_records": [{"image": "<base64 of a PNG, JPEG or DICOM file>"}]}``; each record's
 answer is the app's: label, probabilities by class name and the out-of-distribution check. The
 app's limits and DICOM window travel with the model (``serving_settings.json``); it computes in
-float32, the evaluation's reference precision.
+float32 with TensorFlow, the evaluation's reference variant.
 """
 
 from pathlib import Path
@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-ANSWER_KEYS = ("label", "probabilities", "in_distribution", "ood_score", "precision")
+ANSWER_KEYS = ("label", "probabilities", "in_distribution", "ood_score", "precision", "engine")
 
 
 class ChestCTModel(PythonModel):
@@ -28,7 +28,8 @@ class ChestCTModel(PythonModel):
         files = Path(context.artifacts["serving"])
         self.settings = load_json(files / SETTINGS_FILE)
         identity = Identity("registered model", "", None, "mlflow")
-        self.predictor = Predictor.from_files(files, ModelCard(files / MODEL_CARD_FILE), identity, "float32")
+        card = ModelCard(files / MODEL_CARD_FILE)
+        self.predictor = Predictor.from_files(files, card, identity, "tensorflow", "float32")  # the reference
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
         from cancer_classifier.serving.errors import ApiError

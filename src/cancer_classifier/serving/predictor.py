@@ -4,8 +4,9 @@ Serving imports no training code: it needs only the saved model (which resizes a
 raw pixels itself) and its metadata, from the pipeline's artifacts or from the MLflow registry.
 Beside the model it loads the out-of-distribution reference (``ood_reference.npz``: the training
 images' statistics in the model's pooled feature space) and knows where the model card is.
-Predictions go through ``scoring.Scorer``, the path the evaluation stage scored, in a precision the
-evaluation measured as harmless for this model (float32 unless bfloat16 was).
+Predictions go through ``scoring.Scorer``, the path the evaluation stage scored, in a variant (engine
+and precision of the VGG16 base) the evaluation measured as harmless for this model (TensorFlow
+float32 unless another was).
 """
 
 import json
@@ -17,15 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cancer_classifier.entity import ServingConfig, TrackingConfig
-from cancer_classifier.modeling import (
-    INPUT_REFERENCE_FILE,
-    MODEL_FILE,
-    intended_use,
-    load_classifier,
-    resolve_precision,
-)
+from cancer_classifier.modeling import INPUT_REFERENCE_FILE, MODEL_FILE, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
-from cancer_classifier.scoring import Scorer
+from cancer_classifier.scoring import REFERENCE, Scorer, Variant, resolve_variant
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.common import TrackingError, load_json, sha256_file
 from cancer_classifier.utils.logging import logger
@@ -61,9 +56,11 @@ class ModelInfo:
     source: str  # "local" (pipeline artifacts) or "registry" (models:/name@alias)
     promoted: bool | None = None  # whether the register stage made this version the champion
     precision: str | None = None  # what the VGG16 base computes in (set by the Predictor); None for tabular
+    engine: str | None = None  # what computes the VGG16 base (set by the Predictor); None for tabular
 
     def public(self) -> dict:
-        return {"name": self.name, "version": self.version, "demo": self.demo, "precision": self.precision}
+        return {"name": self.name, "version": self.version, "demo": self.demo, "precision": self.precision,
+                "engine": self.engine}
 
     def as_dict(self) -> dict:
         return asdict(self) | {"classes": list(self.classes)}
@@ -179,30 +176,33 @@ def registered_champion(tracking: TrackingConfig) -> "Downloaded":
         raise ModelUnavailable(str(error)) from None
 
 
-def servable_precisions(card: ModelCard, model_path: Path) -> list[str] | None:
+def servable_variants(card: ModelCard, model_path: Path) -> set[Variant]:
     """The evaluation's verdict, only if its card describes this very model file (not a stale one)."""
     if not card.available:
-        return None
+        return set()
     document = card.document()
     if document.get("model_sha256") != sha256_file(model_path):
-        logger.warning("the model card describes another model than %s (retrained since?): float32 only", model_path)
-        return None
-    return document.get("serving_precision", {}).get("servable")
+        logger.warning("the model card describes another model than %s (retrained since?): %s only", model_path,
+                       REFERENCE)
+        return set()
+    # cards written before engines existed list bare precisions (TensorFlow's) under serving_precision
+    verdict = document.get("serving_variants") or document.get("serving_precision") or {}
+    return {Variant.parse(text) for text in verdict.get("servable", [])}
 
 
-def served_precision(requested: str, servable: list[str] | None, model: str) -> str:
-    """float32, or bfloat16 where it is requested (or ``auto`` on a CPU with native bfloat16) and the
-    evaluation stage measured it harmless for this very model."""
-    wanted = resolve_precision(requested)
-    if wanted == "float32" or wanted in (servable or []):
-        return wanted
-    logger.warning(
-        "%s: %s requested, but the evaluation did not find it harmless for this model (servable: %s); serving float32",
-        model,
-        wanted,
-        servable or "not recorded",
-    )
-    return "float32"
+def served_variant(engine: str, precision: str, servable: set[Variant], model: str) -> Variant:
+    """The requested variant (``auto``: this CPU's best), else its engine in float32, else the reference:
+    the first the evaluation stage measured harmless for this very model."""
+    wanted = resolve_variant(engine, precision)
+    for variant in (wanted, Variant(wanted.engine, "float32"), REFERENCE):
+        if variant == REFERENCE or variant in servable:
+            break
+    if variant != wanted:
+        logger.warning(
+            "%s: %s requested, but the evaluation did not find it harmless for this model (servable: %s); serving %s",
+            model, wanted, ", ".join(sorted(map(str, servable))) or "not recorded", variant,
+        )
+    return variant
 
 
 class Predictor:
@@ -212,10 +212,10 @@ class Predictor:
         info: ModelInfo,
         ood: OODReference | None = None,
         card: ModelCard | None = None,
-        precision: str = "float32",
+        variant: Variant = REFERENCE,
     ) -> None:
-        self.scorer = Scorer(model, precision)
-        self.info = replace(info, precision=precision)
+        self.scorer = Scorer(model, variant.precision, variant.engine)
+        self.info = replace(info, precision=variant.precision, engine=variant.engine)
         self._gradcam: GradCam | None = None
         self.load_seconds: float | None = None
         self.card = card or ModelCard()
@@ -263,11 +263,15 @@ class Predictor:
             config.registration_file, model_path, config.tracking.registered_model
         )
         identity = Identity(name, version, promoted, "local")
-        return cls.from_files(config.model_dir, ModelCard(config.model_card_file), identity, config.precision)
+        card = ModelCard(config.model_card_file)
+        return cls.from_files(config.model_dir, card, identity, config.engine, config.precision)
 
     @classmethod
-    def from_files(cls, folder: Path, card: ModelCard, identity: "Identity", precision: str) -> "Predictor":
-        """The model in ``folder`` (the training stage's files; a registered model holds the same)."""
+    def from_files(
+        cls, folder: Path, card: ModelCard, identity: "Identity", engine: str, precision: str
+    ) -> "Predictor":
+        """The model in ``folder`` (the training stage's files; a registered model holds the same), in the
+        requested variant where the evaluation admitted it."""
         model_path, metadata_path = folder / MODEL_FILE, folder / "model_metadata.json"
         if not model_path.is_file():
             logger.warning("no model at %s", model_path)
@@ -292,8 +296,8 @@ class Predictor:
             promoted=identity.promoted,
         )
         ood = load_ood_reference(folder / REFERENCE_FILE, f"the model in {folder.name}")
-        servable = servable_precisions(card, model_path)
-        served = served_precision(precision, servable, f"{identity.name} version {identity.version}")
+        servable = servable_variants(card, model_path)
+        served = served_variant(engine, precision, servable, f"{identity.name} version {identity.version}")
         predictor = cls(model, info, ood, card, served)
         predictor.input_reference = load_input_reference(folder / INPUT_REFERENCE_FILE)
         return predictor
@@ -314,7 +318,8 @@ class Predictor:
                     "(a version in the current format replaces it as champion)"
                 )
             identity = Identity(tracking.registered_model, downloaded.version, True, "registry")
-            return cls.from_files(files, ModelCard(files / MODEL_CARD_FILE), identity, config.precision)
+            card = ModelCard(files / MODEL_CARD_FILE)
+            return cls.from_files(files, card, identity, config.engine, config.precision)
         except BaseException:
             downloaded.discard()  # the app looks again later: one copy at a time
             raise
@@ -343,15 +348,21 @@ class Predictor:
             "in_distribution": in_distribution,
             "ood_score": ood_score,
             "precision": self.scorer.precision,
+            "engine": self.scorer.engine,
         }
 
     def predict(self, image: np.ndarray, explain: bool = False) -> dict:
-        """``{"label", "probabilities": {class: p}, "in_distribution", "ood_score", "precision"}``, plus
-        ``"gradcam_png"`` (bytes) when explain is set."""
+        """``{"label", "probabilities": {class: p}, "in_distribution", "ood_score", "precision", "engine"}``,
+        plus ``"gradcam_png"`` (bytes) when explain is set."""
         if not explain:
             return self.predict_many([image])[0]
-        heatmap, probabilities, features, view = self.gradcam.explain(image)
-        return self.result(probabilities, features) | {"gradcam_png": to_png(overlay(view, heatmap))}
+        if self.scorer.engine == "tensorflow":  # one pass gives the heatmap and the served answer
+            heatmap, probabilities, features, view = self.gradcam.explain(image)
+            answer = self.result(probabilities, features)
+        else:  # the heatmap is TensorFlow's, for the label the served engine gives
+            answer = self.predict_many([image])[0]
+            heatmap, _, _, view = self.gradcam.explain(image, self.info.classes.index(answer["label"]))
+        return answer | {"gradcam_png": to_png(overlay(view, heatmap))}
 
     def predict_many(self, images: list[np.ndarray]) -> list[dict]:
         """One result per image, from a single forward pass over all of them."""
