@@ -48,7 +48,7 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 
 def early_stopping(config: TrainingConfig) -> keras.callbacks.EarlyStopping:
-    """Stop when validation loss stops improving, keeping the best epoch (the MLP head and fine-tuning)."""
+    """Stop when validation loss stops improving, keeping the best epoch (fine-tuning)."""
     return keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
     )
@@ -100,24 +100,31 @@ class HeadTrainer:
         head.get_layer("probabilities").set_weights([kernel.astype("float32"), bias.astype("float32")])
 
     def _fit_mlp(self, head: keras.Model, x: np.ndarray, y: np.ndarray, validation: tuple | None, epochs: int) -> int:
+        """Mini-batch Adam with class weights; with ``validation``, early stopping that keeps the best epoch.
+
+        A plain loop of ``train_on_batch``: on a few hundred rows, ``fit``'s per-epoch machinery cost more
+        than the arithmetic (2.5x the time of the head selection, measured)."""
         config = self.config
-        head.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        history = head.fit(
-            x,
-            y,
-            validation_data=validation,
-            batch_size=config.batch_size,
-            epochs=config.epochs if validation else max(1, epochs),
-            class_weight=class_weights(y, self.n_classes) if config.class_weights else None,
-            callbacks=[early_stopping(config)] if validation else [],
-            verbose=0,
-        )
-        losses = history.history.get("val_loss")
-        return int(np.argmin(losses)) + 1 if losses else len(history.history["loss"])
+        head.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="sparse_categorical_crossentropy")
+        weights = class_weights(y, self.n_classes) if config.class_weights else None
+        rng = np.random.default_rng(config.seed)
+        best_loss, best_weights, best_epoch = np.inf, None, 0
+        for epoch in range(1, (config.epochs if validation else max(1, epochs)) + 1):
+            order = rng.permutation(len(y))
+            for start in range(0, len(y), config.batch_size):
+                rows = order[start : start + config.batch_size]
+                head.train_on_batch(x[rows], y[rows], class_weight=weights)
+            if validation is None:
+                continue
+            loss = float(keras.losses.sparse_categorical_crossentropy(validation[1], head(validation[0])).numpy().mean())
+            if loss < best_loss:
+                best_loss, best_weights, best_epoch = loss, head.get_weights(), epoch
+            elif epoch - best_epoch >= config.early_stopping_patience:
+                break
+        if validation is None:
+            return max(1, epochs)
+        head.set_weights(best_weights)
+        return best_epoch
 
 
 def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
