@@ -41,6 +41,9 @@ def test_tracking_uri_comes_from_environment_when_set(project, monkeypatch):
         ({}, {"data": {"split": {"train": 0.5, "val": 0.1, "test": 0.1}}}, "'data.split'"),
         ({}, {"training": {"fine_tune": {"blocks": 6}}}, "'training.fine_tune.blocks' must be between 0 and 5"),
         ({}, {"evaluation": {"promotion_metric": "loss"}}, "'evaluation.promotion_metric'"),
+        ({}, {"features": {"engine": "onnx"}}, "'features.engine' must be one of ('auto', 'tensorflow', 'openvino')"),
+        ({"serving": {"engine": "OpenVINO"}}, {}, "'serving.engine' must be one of ('auto', 'tensorflow', 'openvino')"),
+        ({}, {"evaluation": {"serving_tolerance": {"roc_auc": -1}}}, "'evaluation.serving_tolerance.roc_auc'"),
         ({"data_ingestion": {"source": "no/such/folder"}}, {}, "'data_ingestion.source' is 'no/such/folder'"),
         (
             {"data_ingestion": {"source": "https://example.org/ct.zip"}},
