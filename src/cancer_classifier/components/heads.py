@@ -116,7 +116,8 @@ class HeadTrainer:
                 head.train_on_batch(x[rows], y[rows], class_weight=weights)
             if validation is None:
                 continue
-            loss = float(keras.losses.sparse_categorical_crossentropy(validation[1], head(validation[0])).numpy().mean())
+            x_stop, y_stop = validation
+            loss = float(keras.losses.sparse_categorical_crossentropy(y_stop, head(x_stop)).numpy().mean())
             if loss < best_loss:
                 best_loss, best_weights, best_epoch = loss, head.get_weights(), epoch
             elif epoch - best_epoch >= config.early_stopping_patience:

@@ -125,7 +125,8 @@ Split: {card["data"]["split_method"]}.
 ## Model and training
 Base weights: {weights["description"]} (`{weights["weights"]}`{weights_hash}).
 Input size {training["image_size"]} px, {preprocessing}; head `{training["head"]}` on cached features
-({training["feature_views"]} view(s) per image), chosen for the {training["head_selection"]};
+({training["feature_views"]} view(s) per image, computed by {training["feature_variant"]}),
+chosen for the {training["head_selection"]};
 {training["fine_tune_epochs"]} fine-tuning epochs; seed {training["seed"]}.
 
 ## Evaluation ({evaluation["split"]}, {evaluation["test_images"]} images, {evaluation["averaging"]})

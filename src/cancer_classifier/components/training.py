@@ -146,6 +146,7 @@ class Training:
                 x_train, x_val = (extract_features(final, paths, config.batch_size) for paths in (train[0], val[0]))
             ood = fit_reference(x_train, x_val, config.ood_components, config.ood_quantile)
         seconds = time.perf_counter() - started
+        features_info = load_json(config.features_dir / "features_info.json")
         with atomic_directory(config.root_dir) as out:
             model.save(out / MODEL_FILE)
             ood.save(out / REFERENCE_FILE)
@@ -166,7 +167,8 @@ class Training:
                 "seed": config.seed,
                 "train_images": len(train[0]),
                 "val_images": len(val[0]),
-                "feature_views": load_json(config.features_dir / "features_info.json")["views"],
+                "feature_views": features_info["views"],
+                "feature_variant": features_info["variant"],  # engine/precision of the features the head learned
                 "precision": self.precision,
                 "head": selection["chosen"],
                 "head_selection": selection["reason"],
