@@ -62,21 +62,27 @@ def resolve_variant(engine: str, precision: str) -> Variant:
     return Variant(engine, precision)
 
 
+def to_openvino(preprocess: keras.layers.Layer, base: keras.Model, pooling: keras.layers.Layer, image_size: int):
+    """The model's preprocessing, base and pooling as one OpenVINO model (converted in memory from the
+    same float32 weights) that maps harmonised images to pooled float32 features."""
+    import openvino as ov  # only where this engine is used
+
+    inputs = keras.Input((image_size, image_size, 3), name="harmonised")
+    network = keras.Model(inputs, pooling(base(preprocess(inputs), training=False)))
+    spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32)
+    function = tf.function(lambda x: network(x, training=False), input_signature=[spec])
+    return ov.convert_model(function.get_concrete_function())
+
+
 class OpenVinoFeatures:
-    """The model's preprocessing, base and pooling as one OpenVINO network (converted in memory from
-    the same float32 weights) that maps harmonised images to pooled float32 features."""
+    """``to_openvino``'s model compiled for this CPU in one precision (bfloat16 emulated where not native)."""
 
     def __init__(self, preprocess: keras.layers.Layer, base: keras.Model, pooling: keras.layers.Layer,
                  image_size: int, precision: str) -> None:
-        import openvino as ov  # only where this engine is chosen
+        import openvino as ov
 
-        inputs = keras.Input((image_size, image_size, 3), name="harmonised")
-        network = keras.Model(inputs, pooling(base(preprocess(inputs), training=False)))
-        spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32)
-        function = tf.function(lambda x: network(x, training=False), input_signature=[spec])
-        converted = ov.convert_model(function.get_concrete_function())
-        self.compiled = ov.Core().compile_model(converted, "CPU", {
-            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],  # emulated where not native
+        self.compiled = ov.Core().compile_model(to_openvino(preprocess, base, pooling, image_size), "CPU", {
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
             "PERFORMANCE_HINT": "LATENCY",
         })
 
