@@ -824,8 +824,8 @@ def training_table(classic: dict, ours: dict, figures: dict, stage_seconds: dict
 
 def compute_table(classic: dict, ours: dict, inference: dict, gflops: dict) -> list[str]:
     lines = ["| path | images | seconds | GFLOP/s |", "|---|---|---|---|"]
-    lines.append(f"| (a) classic recipe, mean epoch ({classic['images_per_epoch']} train + val images, "
-                 f"{IMAGE_SIZE} px) | {classic['images_per_epoch']} | {fmt(classic['epoch_seconds'], 2)} | "
+    lines.append(f"| (a) classic recipe, mean epoch (train + val images, {IMAGE_SIZE} px) | "
+                 f"{classic['images_per_epoch']} | {fmt(classic['epoch_seconds'], 2)} | "
                  f"{fmt(gflops['classic_per_epoch'])} |")
     lines.append(f"| (b) features stage ({ours['feature_variant']}) | {ours['forward_passes'] or 'n/a'} | "
                  f"{fmt(ours['feature_seconds'])} | {fmt(gflops['features_stage'])} |")
