@@ -10,6 +10,7 @@ reference; whether another variant is harmless for a given model is measured by 
 stage, which scores the test split in every variant. Grad-CAM always differentiates TensorFlow.
 """
 
+import os
 from dataclasses import dataclass
 
 import keras
@@ -81,10 +82,11 @@ class OpenVinoFeatures:
                  image_size: int, precision: str) -> None:
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(to_openvino(preprocess, base, pooling, image_size), "CPU", {
-            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
-            "PERFORMANCE_HINT": "LATENCY",
-        })
+        settings = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+        # TensorFlow's thread budget, which gunicorn.conf.py divides among the workers, binds OpenVINO too
+        if os.environ.get("TF_NUM_INTRAOP_THREADS", "").isdigit():
+            settings["INFERENCE_NUM_THREADS"] = int(os.environ["TF_NUM_INTRAOP_THREADS"])
+        self.compiled = ov.Core().compile_model(to_openvino(preprocess, base, pooling, image_size), "CPU", settings)
 
     def __call__(self, harmonised: np.ndarray) -> np.ndarray:
         request = self.compiled.create_infer_request()  # one per call: callers may be threads
