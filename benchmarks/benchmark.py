@@ -515,7 +515,7 @@ def measure_variants(model: keras.Model, images: list[np.ndarray], flops: int, b
     with tqdm(VARIANTS, desc="in-process variants", unit="variant") as bar:
         for variant in bar:
             bar.set_postfix_str(str(variant))
-            scorer = scorers[str(variant)] = Scorer(model, variant.precision, variant.engine)
+            scorer = scorers[str(variant)] = Scorer(model, variant)
             single, batch = bounded_calls(scorer, images[:1], budget), bounded_calls(scorer, images[:BATCH], budget)
             rows[str(variant)] = {
                 "engine": variant.engine,

@@ -58,7 +58,7 @@ def main() -> None:
     quantised = nncf.quantize(base_network(reference), nncf.Dataset(calibration), subset_size=len(calibration))
     quantise_seconds = time.perf_counter() - started
     core = ov.Core()
-    int8 = core.compile_model(quantised, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    int8 = core.compile_model(quantised, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
     f32 = core.compile_model(base_network(reference), "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                               "INFERENCE_PRECISION_HINT": "f32"})
     test, y = split_files(data, "test")

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -15,11 +16,12 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from cancer_classifier.modeling import load_classifier, native_bfloat16
-from cancer_classifier.scoring import REFERENCE, Variant
+from cancer_classifier import scoring
+from cancer_classifier.modeling import load_classifier
+from cancer_classifier.scoring import REFERENCE, Variant, resolve_variant
 from cancer_classifier.serving import create_app
 from cancer_classifier.serving.inputs import Window, dicom_to_rgb
-from cancer_classifier.serving.predictor import Predictor, served_variant
+from cancer_classifier.serving.predictor import Predictor, admitted_variants
 from cancer_classifier.utils.common import load_json
 from cancer_classifier.utils.images import decode_image
 from cancer_classifier.utils.limits import MAX_SIDE, limit_size
@@ -205,19 +207,38 @@ def test_served_dicom_prediction_equals_the_saved_model(client, saved_model, met
     assert_served_equals_saved(client, saved_model, metadata, dicom, dicom_to_rgb(dicom, LUNG))
 
 
+OV_BF16, OV_F32, TF_BF16 = (Variant.parse(v) for v in ("openvino/mixed_bfloat16", "openvino/float32",
+                                                          "tensorflow/mixed_bfloat16"))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16 CPU", "other CPU"])
+def test_auto_chooses_the_measured_fastest_variant_for_the_cpu(monkeypatch, native):
+    """Both branches of the automatic choice, forced, whatever CPU runs the test."""
+    monkeypatch.setattr(scoring, "native_bfloat16", lambda: native)
+    assert resolve_variant("auto", "auto") == (OV_BF16 if native else REFERENCE)
+    assert resolve_variant("auto", "float32") == REFERENCE
+    assert resolve_variant("openvino", "auto") == (OV_BF16 if native else OV_F32)
+    assert resolve_variant("tensorflow", "mixed_bfloat16") == TF_BF16  # an explicit setting is kept
+
+
 def test_a_variant_is_served_only_where_the_evaluation_found_it_harmless():
-    ov_bf16, ov_f32, tf_bf16 = (Variant(*v.split("/")) for v in (
-        "openvino/mixed_bfloat16", "openvino/float32", "tensorflow/mixed_bfloat16"))
-    every = {REFERENCE, ov_bf16, ov_f32, tf_bf16}
-    assert served_variant("openvino", "mixed_bfloat16", every, "m") == ov_bf16
-    assert served_variant("openvino", "mixed_bfloat16", {REFERENCE, ov_f32}, "m") == ov_f32  # same engine, float32
-    assert served_variant("openvino", "mixed_bfloat16", {REFERENCE, tf_bf16}, "m") == REFERENCE  # measured harmful
-    assert served_variant("tensorflow", "mixed_bfloat16", set(), "m") == REFERENCE  # never measured
-    assert served_variant("tensorflow", "float32", every, "m") == REFERENCE
-    # auto: OpenVINO in bfloat16 only on CPUs with native bfloat16, whichever CPU this runs on
-    assert served_variant("auto", "auto", every, "m") == (ov_bf16 if native_bfloat16() else REFERENCE)
-    assert served_variant("auto", "float32", every, "m") == REFERENCE
-    assert served_variant("auto", "auto", {REFERENCE}, "m") == REFERENCE
+    every = {REFERENCE, OV_BF16, OV_F32, TF_BF16}
+    assert admitted_variants("openvino", "mixed_bfloat16", every, "m")[0] == OV_BF16
+    assert admitted_variants("openvino", "mixed_bfloat16", {REFERENCE, OV_F32}, "m")[0] == OV_F32
+    # a card from before engines admitted TensorFlow bfloat16: kept where OpenVINO's was never measured
+    assert admitted_variants("openvino", "mixed_bfloat16", {REFERENCE, TF_BF16}, "m")[0] == TF_BF16
+    assert admitted_variants("openvino", "mixed_bfloat16", {REFERENCE}, "m") == [REFERENCE]  # measured harmful
+    assert admitted_variants("tensorflow", "mixed_bfloat16", set(), "m") == [REFERENCE]  # never measured
+    assert admitted_variants("tensorflow", "float32", every, "m") == [REFERENCE]
+    assert admitted_variants("openvino", "mixed_bfloat16", every, "m") == [OV_BF16, TF_BF16, OV_F32, REFERENCE]
+
+
+def test_an_engine_that_cannot_run_here_falls_back_to_the_reference(serving, monkeypatch):
+    """OpenVINO missing (its import really fails): the admitted OpenVINO variants are skipped, not a 503."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    forced = dataclasses.replace(serving, engine="openvino", precision="mixed_bfloat16")
+    info = Predictor.from_config(forced).info
+    assert (info.engine, info.precision) == ("tensorflow", "mixed_bfloat16")  # the next admitted variant
 
 
 def test_the_reply_says_which_variant_was_served(client, png_bytes):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cancer_classifier.modeling import PRECISIONS, load_classifier
-from cancer_classifier.scoring import Scorer
+from cancer_classifier.scoring import Scorer, Variant
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.images import decode_image
 
@@ -27,7 +27,7 @@ def image(trained_project) -> np.ndarray:
 def scorer(request, model) -> Scorer:
     """Both precisions on every CPU: bfloat16 is emulated where it is not native. Grad-CAM always
     differentiates TensorFlow: with another served engine, the app takes the answer from that engine."""
-    return Scorer(model, request.param)
+    return Scorer(model, Variant("tensorflow", request.param))
 
 
 def test_heatmap_is_scaled_0_1_at_the_last_conv_resolution(model, scorer, image):

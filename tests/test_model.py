@@ -14,7 +14,7 @@ from cancer_classifier.modeling import (
     unfreeze_last_blocks,
     with_head,
 )
-from cancer_classifier.scoring import Scorer
+from cancer_classifier.scoring import Scorer, Variant
 from tests.conftest import shared_path
 
 
@@ -119,7 +119,7 @@ def test_bfloat16_scorer_runs_only_the_base_in_bfloat16(model):
     """The head, its standardisation and the probabilities stay float32: a bfloat16 head lost a third
     of its accuracy where it was served."""
     images = [np.random.default_rng(4).integers(0, 256, (48, 60, 3)).astype("uint8") for _ in range(2)]
-    fast = Scorer(model, "mixed_bfloat16")
+    fast = Scorer(model, Variant("tensorflow", "mixed_bfloat16"))
     assert fast.base.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
     assert all(layer.dtype_policy.name == "float32" for layer in fast.head.layers)
     assert fast.pooling.dtype_policy.name == "float32"

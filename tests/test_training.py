@@ -3,6 +3,7 @@ class weights, head selection by cross-validation, the drift reference, and fine
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -67,6 +68,24 @@ def test_the_logistic_head_serves_what_scikit_learn_fitted(trained_project):
         )
         expected = reference.predict_proba((features - mean) / np.sqrt(variance))
         np.testing.assert_allclose(head.predict(features, verbose=0), expected, atol=1e-4)
+
+
+def test_the_mlp_stops_early_and_keeps_its_best_epoch(trained_project):
+    """Validation labels opposite to the training ones: the validation loss is lowest before training
+    has learned much, so the loop stops after the patience and restores that best epoch."""
+    config = dataclasses.replace(trained_project.training(), epochs=40, early_stopping_patience=3)
+    features, labels, _ = separable_features(80, 2, 3)
+    validation = (features[:20], 1 - labels[:20])
+    keras.utils.set_random_seed(0)  # the same initial weights for every fit below
+    head, best = HeadTrainer(config, 2, 8, 0.0).fit(Candidate("mlp"), features, labels, validation)
+    losses = []  # the same training, epoch by epoch, to know the best epoch independently
+    for epochs in range(1, best + config.early_stopping_patience + 1):
+        keras.utils.set_random_seed(0)
+        again, _ = HeadTrainer(config, 2, 8, 0.0).fit(Candidate("mlp"), features, labels, epochs=epochs)
+        losses.append(float(np.mean(keras.losses.sparse_categorical_crossentropy(validation[1], again(validation[0])))))
+    assert 1 <= best < config.epochs and best == int(np.argmin(losses)) + 1
+    restored = float(np.mean(keras.losses.sparse_categorical_crossentropy(validation[1], head(validation[0]))))
+    assert restored == pytest.approx(losses[best - 1], rel=1e-5)
 
 
 def test_head_selection_cross_validates_every_candidate_and_refits_the_best(trained_project):

@@ -184,13 +184,6 @@ def native_bfloat16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``mixed_bfloat16`` on CPUs with native bfloat16, else ``float32``."""
-    if precision != "auto":
-        return precision
-    return "mixed_bfloat16" if native_bfloat16() else "float32"
-
-
 def base_in_precision(model: keras.Model, precision: str) -> keras.Model:
     """The model's VGG16 base, with the same weights, computing in ``precision``.
 

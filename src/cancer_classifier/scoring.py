@@ -47,6 +47,10 @@ class Variant:
         return cls(engine or "tensorflow", precision)
 
 
+class EngineUnavailable(Exception):
+    """This variant cannot compute here (engine not installed, or the CPU lacks what it needs)."""
+
+
 REFERENCE = Variant("tensorflow", "float32")
 VARIANTS = tuple(Variant(engine, precision) for engine in ENGINES for precision in PRECISIONS)
 
@@ -76,17 +80,25 @@ def to_openvino(preprocess: keras.layers.Layer, base: keras.Model, pooling: kera
 
 
 class OpenVinoFeatures:
-    """``to_openvino``'s model compiled for this CPU in one precision (bfloat16 emulated where not native)."""
+    """``to_openvino``'s model compiled for this CPU in one precision, or EngineUnavailable where OpenVINO
+    would compute another one (it runs bfloat16 on AVX-512 CPUs, natively or emulated, and silently
+    falls back to float32 on CPUs without AVX-512)."""
 
     def __init__(self, preprocess: keras.layers.Layer, base: keras.Model, pooling: keras.layers.Layer,
                  image_size: int, precision: str) -> None:
-        import openvino as ov
+        try:
+            import openvino as ov
+        except ImportError as error:
+            raise EngineUnavailable(f"OpenVINO is not installed ({error}): pip install -r requirements.txt") from None
 
         settings = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
         # TensorFlow's thread budget, which gunicorn.conf.py divides among the workers, binds OpenVINO too
         if os.environ.get("TF_NUM_INTRAOP_THREADS", "").isdigit():
             settings["INFERENCE_NUM_THREADS"] = int(os.environ["TF_NUM_INTRAOP_THREADS"])
         self.compiled = ov.Core().compile_model(to_openvino(preprocess, base, pooling, image_size), "CPU", settings)
+        effective = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if effective != settings["INFERENCE_PRECISION_HINT"]:
+            raise EngineUnavailable(f"OpenVINO computes {effective}, not {precision}, on this CPU")
 
     def __call__(self, harmonised: np.ndarray) -> np.ndarray:
         request = self.compiled.create_infer_request()  # one per call: callers may be threads
@@ -94,11 +106,12 @@ class OpenVinoFeatures:
 
 
 class Scorer:
-    """A saved classifier, scoring in one variant (by default the reference, TensorFlow float32)."""
+    """A saved classifier, scoring in one variant (by default the reference, TensorFlow float32);
+    EngineUnavailable where that variant cannot compute on this machine."""
 
-    def __init__(self, model: keras.Model, precision: str = "float32", engine: str = "tensorflow") -> None:
-        self.variant = Variant(engine, precision)
-        self.model, self.precision, self.engine = model, precision, engine
+    def __init__(self, model: keras.Model, variant: Variant = REFERENCE) -> None:
+        self.model, self.variant = model, variant
+        precision = variant.precision
         self.harmonise = harmonise_layer(model)
         self.preprocess = model.get_layer("vgg16_preprocess")
         self.base = base_in_precision(model, precision)  # TensorFlow's, also for Grad-CAM and fine-tuning
@@ -110,7 +123,7 @@ class Scorer:
         self.openvino = (
             OpenVinoFeatures(self.preprocess, model.get_layer("vgg16"), self.pooling, self.harmonise.image_size,
                              precision)
-            if engine == "openvino" else None
+            if variant.engine == "openvino" else None
         )
 
     @property

@@ -26,7 +26,7 @@ from cancer_classifier.components.shortcut_audit import shortcut_audit
 from cancer_classifier.entity import EvaluationConfig
 from cancer_classifier.modeling import MODEL_FILE, harmonise_layer, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
-from cancer_classifier.scoring import REFERENCE, VARIANTS, Scorer
+from cancer_classifier.scoring import REFERENCE, VARIANTS, EngineUnavailable, Scorer
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
@@ -200,7 +200,18 @@ class Evaluation:
         }
         return paths, y_true, scored
 
-    def variant_verdict(self, agreements: dict[str, dict[str, dict]]) -> dict:
+    def scorers(self, model) -> tuple[dict[str, Scorer], dict[str, str]]:
+        """A scorer per variant this machine can compute, and why the others cannot."""
+        scorers, unavailable = {}, {}
+        for variant in VARIANTS:
+            try:
+                scorers[str(variant)] = Scorer(model, variant)
+            except EngineUnavailable as reason:
+                unavailable[str(variant)] = str(reason)
+                logger.warning("%s is not scored (so never served for this model): %s", variant, reason)
+        return scorers, unavailable
+
+    def variant_verdict(self, agreements: dict[str, dict[str, dict]], unavailable: dict[str, str]) -> dict:
         """Which variants may be served: each only within the tolerance on every scored split."""
         config = self.config
         labels, auc = config.tolerated_label_changes, config.tolerated_roc_auc_change
@@ -214,6 +225,7 @@ class Evaluation:
             )
             verdicts.append(f"{variant} {'may' if within else 'may NOT'} be served ({measured})")
             servable += [variant] if within else []
+        verdicts += [f"{variant} was not measured ({reason})" for variant, reason in unavailable.items()]
         verdict = f"{'; '.join(verdicts)}; allowed: {tolerance} against {REFERENCE}"
         (logger.info if len(servable) == len(VARIANTS) else logger.warning)(verdict)
         return {"reference": str(REFERENCE), "servable": servable, "verdict": verdict, "variants": agreements}
@@ -227,10 +239,10 @@ class Evaluation:
         model = load_classifier(config.model_dir / MODEL_FILE)
         ood_path = config.model_dir / REFERENCE_FILE
         ood = OODReference.load(ood_path) if ood_path.is_file() else None
-        scorers = {str(v): Scorer(model, v.precision, v.engine) for v in VARIANTS}
+        scorers, unavailable = self.scorers(model)
         splits = ["test"] + (["external"] if (data.get("external") or {}).get("images_kept") else [])
         scored = {split: self.score_split(scorers, split) for split in splits}
-        reports, agreements = {}, {str(v): {} for v in VARIANTS if v != REFERENCE}
+        reports, agreements = {}, {variant: {} for variant in scorers if variant != str(REFERENCE)}
         for split, (_, y_true, by_variant) in scored.items():
             reference = by_variant[str(REFERENCE)][1]
             reports[split] = split_report(y_true, reference, classes, positive, config)
@@ -253,7 +265,7 @@ class Evaluation:
             "variant": str(REFERENCE),
             **{key: test[key] for key in ("metrics", "ci95", "per_class", "confusion_matrix")},
             "bootstrap_resamples": config.bootstrap_resamples,
-            "serving_variants": self.variant_verdict(agreements),
+            "serving_variants": self.variant_verdict(agreements, unavailable),
             "external": (
                 {"source": data["external"]["source"], **reports["external"]} if "external" in reports else None
             ),

@@ -63,7 +63,7 @@ class Features:
         config = self.config
         keras.utils.set_random_seed(config.seed)
         variant = resolve_variant(config.engine, config.precision)
-        scorer = Scorer(load_classifier(config.base_model_dir / "base_model.keras"), variant.precision, variant.engine)
+        scorer = Scorer(load_classifier(config.base_model_dir / "base_model.keras"), variant)
         (train, y_train), (val, y_val) = (split_files(config.data_dir, split) for split in ("train", "val"))
         started = time.perf_counter()
         augment = augmenter(config.augmentation, config.seed)

@@ -47,13 +47,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {c: float(len(labels) / (n_classes * counts[c])) for c in range(n_classes) if counts[c]}
 
 
-def early_stopping(config: TrainingConfig) -> keras.callbacks.EarlyStopping:
-    """Stop when validation loss stops improving, keeping the best epoch (fine-tuning)."""
-    return keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
-    )
-
-
 def standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and variance of the training features.
 
@@ -122,8 +115,8 @@ class HeadTrainer:
                 best_loss, best_weights, best_epoch = loss, head.get_weights(), epoch
             elif epoch - best_epoch >= config.early_stopping_patience:
                 break
-        if validation is None:
-            return max(1, epochs)
+        if best_weights is None:  # no validation (the refit), or no finite loss: the last epoch's weights
+            return epoch
         head.set_weights(best_weights)
         return best_epoch
 

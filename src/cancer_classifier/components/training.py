@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files, split_rows
 from cancer_classifier.components.features import augmenter, extract_features, load_features
-from cancer_classifier.components.heads import HeadTrainer, class_weights, early_stopping, select_head
+from cancer_classifier.components.heads import HeadTrainer, class_weights, select_head
 from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import (
     INPUT_REFERENCE_FILE,
@@ -26,7 +26,7 @@ from cancer_classifier.modeling import (
     with_head,
 )
 from cancer_classifier.ood import REFERENCE_FILE, fit_reference
-from cancer_classifier.scoring import Scorer, resolve_variant
+from cancer_classifier.scoring import Scorer, Variant, resolve_variant
 from cancer_classifier.tracking import public_uri, tracking_errors, use_experiment
 from cancer_classifier.utils.common import atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
@@ -39,6 +39,13 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         mlflow.log_metrics({f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
+
+
+def early_stopping(config: TrainingConfig) -> keras.callbacks.EarlyStopping:
+    """Stop fine-tuning when validation loss stops improving, keeping the best epoch."""
+    return keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+    )
 
 
 # Cheap statistics of the training images that serving compares live traffic with (drift).
@@ -75,7 +82,7 @@ class Training:
     def fine_tune(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
         """Train the last conv blocks and the head end to end, through the scoring path in its precision."""
         config = self.config
-        scorer = Scorer(model, self.precision)
+        scorer = Scorer(model, Variant("tensorflow", self.precision))
         unfreeze_last_blocks(scorer.base, config.fine_tune_blocks)
         end_to_end = keras.Model(scorer.network.input, scorer.network.outputs[1])
         end_to_end.compile(  # compiled after changing trainable, at a very low rate
@@ -142,7 +149,7 @@ class Training:
             if config.fine_tune_blocks:
                 history["fine_tune"] = self.fine_tune(model, train, val, len(classes))
                 # fine-tuning moved the features: the reference must describe the final model's
-                final = Scorer(model, self.precision, self.variant.engine)
+                final = Scorer(model, self.variant)
                 x_train, x_val = (extract_features(final, paths, config.batch_size) for paths in (train[0], val[0]))
             ood = fit_reference(x_train, x_val, config.ood_components, config.ood_quantile)
         seconds = time.perf_counter() - started

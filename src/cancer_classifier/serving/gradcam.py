@@ -5,7 +5,8 @@ The gradient of the chosen class score with respect to the last conv layer's act
 VGG16 is nested inside the classifier, so instead of one sub-model to
 [conv activations, predictions] the scorer's layers are run in two parts: raw pixels -> conv
 activations, then conv activations -> probabilities. They are the served scoring path's own layers,
-in its precision, so the probabilities and features that come with a heatmap are the served ones.
+in its precision: with TensorFlow serving, the probabilities and features that come with a heatmap are
+the served ones; with another engine the app takes the answer from that engine (``Predictor.predict``).
 """
 
 import io

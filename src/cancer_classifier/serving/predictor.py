@@ -20,7 +20,7 @@ import numpy as np
 from cancer_classifier.entity import ServingConfig, TrackingConfig
 from cancer_classifier.modeling import INPUT_REFERENCE_FILE, MODEL_FILE, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE, OODReference
-from cancer_classifier.scoring import REFERENCE, Scorer, Variant, resolve_variant
+from cancer_classifier.scoring import REFERENCE, EngineUnavailable, Scorer, Variant, resolve_variant
 from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
 from cancer_classifier.utils.common import TrackingError, load_json, sha256_file
 from cancer_classifier.utils.logging import logger
@@ -187,22 +187,28 @@ def servable_variants(card: ModelCard, model_path: Path) -> set[Variant]:
         return set()
     # cards written before engines existed list bare precisions (TensorFlow's) under serving_precision
     verdict = document.get("serving_variants") or document.get("serving_precision") or {}
-    return {Variant.parse(text) for text in verdict.get("servable", [])}
+    servable = set()
+    for text in verdict.get("servable", []):
+        try:
+            servable.add(Variant.parse(text))
+        except ValueError:  # a variant this version of the app does not know: never served
+            logger.warning("the model card admits %r, which this app does not know: ignored", text)
+    return servable
 
 
-def served_variant(engine: str, precision: str, servable: set[Variant], model: str) -> Variant:
-    """The requested variant (``auto``: this CPU's best), else its engine in float32, else the reference:
-    the first the evaluation stage measured harmless for this very model."""
+def admitted_variants(engine: str, precision: str, servable: set[Variant], model: str) -> list[Variant]:
+    """What to try, best first: the requested variant (``auto``: this CPU's best), TensorFlow in its
+    precision, its engine in float32, each only if the evaluation measured it harmless for this very
+    model; the reference last."""
     wanted = resolve_variant(engine, precision)
-    for variant in (wanted, Variant(wanted.engine, "float32"), REFERENCE):
-        if variant == REFERENCE or variant in servable:
-            break
-    if variant != wanted:
+    preferred = (wanted, Variant("tensorflow", wanted.precision), Variant(wanted.engine, "float32"))
+    admitted = list(dict.fromkeys(v for v in preferred if v in servable and v != REFERENCE)) + [REFERENCE]
+    if admitted[0] != wanted:
         logger.warning(
             "%s: %s requested, but the evaluation did not find it harmless for this model (servable: %s); serving %s",
-            model, wanted, ", ".join(sorted(map(str, servable))) or "not recorded", variant,
+            model, wanted, ", ".join(sorted(map(str, servable))) or "not recorded", admitted[0],
         )
-    return variant
+    return admitted
 
 
 class Predictor:
@@ -214,7 +220,7 @@ class Predictor:
         card: ModelCard | None = None,
         variant: Variant = REFERENCE,
     ) -> None:
-        self.scorer = Scorer(model, variant.precision, variant.engine)
+        self.scorer = Scorer(model, variant)
         self.info = replace(info, precision=variant.precision, engine=variant.engine)
         self._gradcam: GradCam | None = None
         self.load_seconds: float | None = None
@@ -297,8 +303,12 @@ class Predictor:
         )
         ood = load_ood_reference(folder / REFERENCE_FILE, f"the model in {folder.name}")
         servable = servable_variants(card, model_path)
-        served = served_variant(engine, precision, servable, f"{identity.name} version {identity.version}")
-        predictor = cls(model, info, ood, card, served)
+        for variant in admitted_variants(engine, precision, servable, f"{identity.name} version {identity.version}"):
+            try:
+                predictor = cls(model, info, ood, card, variant)
+                break
+            except EngineUnavailable as reason:  # the reference, last, always computes
+                logger.warning("%s cannot be served here (%s): trying the next admitted variant", variant, reason)
         predictor.input_reference = load_input_reference(folder / INPUT_REFERENCE_FILE)
         return predictor
 
@@ -347,8 +357,8 @@ class Predictor:
             "probabilities": {name: float(p) for name, p in zip(self.info.classes, probabilities, strict=True)},
             "in_distribution": in_distribution,
             "ood_score": ood_score,
-            "precision": self.scorer.precision,
-            "engine": self.scorer.engine,
+            "precision": self.scorer.variant.precision,
+            "engine": self.scorer.variant.engine,
         }
 
     def predict(self, image: np.ndarray, explain: bool = False) -> dict:
@@ -356,7 +366,7 @@ class Predictor:
         plus ``"gradcam_png"`` (bytes) when explain is set."""
         if not explain:
             return self.predict_many([image])[0]
-        if self.scorer.engine == "tensorflow":  # one pass gives the heatmap and the served answer
+        if self.scorer.variant.engine == "tensorflow":  # one pass gives the heatmap and the served answer
             heatmap, probabilities, features, view = self.gradcam.explain(image)
             answer = self.result(probabilities, features)
         else:  # the heatmap is TensorFlow's, for the label the served engine gives
