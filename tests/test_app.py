@@ -211,13 +211,22 @@ OV_BF16, OV_F32, TF_BF16 = (Variant.parse(v) for v in ("openvino/mixed_bfloat16"
                                                           "tensorflow/mixed_bfloat16"))
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-bf16 CPU", "other CPU"])
-def test_auto_chooses_the_measured_fastest_variant_for_the_cpu(monkeypatch, native):
-    """Both branches of the automatic choice, forced, whatever CPU runs the test."""
-    monkeypatch.setattr(scoring, "native_bfloat16", lambda: native)
-    assert resolve_variant("auto", "auto") == (OV_BF16 if native else REFERENCE)
-    assert resolve_variant("auto", "float32") == REFERENCE
-    assert resolve_variant("openvino", "auto") == (OV_BF16 if native else OV_F32)
+CPU_KINDS = {  # the CPUs this project runs on, by the flags that decide (all have avx2)
+    "AMD EPYC AVX2": ({"avx2"}, REFERENCE),
+    "Intel Xeon AVX-512": ({"avx2", "avx512f"}, OV_F32),
+    "AMD Zen 5": ({"avx2", "avx512f", "avx512_bf16"}, OV_BF16),
+    "Intel Sapphire Rapids": ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, OV_BF16),
+}
+
+
+@pytest.mark.parametrize("kind", CPU_KINDS)
+def test_auto_chooses_the_measured_fastest_variant_for_each_cpu_kind(monkeypatch, kind):
+    """Every branch of the automatic choice, forced, whatever CPU runs the test."""
+    flags, expected = CPU_KINDS[kind]
+    monkeypatch.setattr(scoring, "cpu_flags", lambda: flags)
+    assert resolve_variant("auto", "auto") == expected
+    assert resolve_variant("auto", "float32") == Variant(expected.engine, "float32")
+    assert resolve_variant("tensorflow", "auto") == Variant("tensorflow", expected.precision)
     assert resolve_variant("tensorflow", "mixed_bfloat16") == TF_BF16  # an explicit setting is kept
 
 

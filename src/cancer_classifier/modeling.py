@@ -175,13 +175,20 @@ def intended_use(demo: bool) -> str:
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
+NATIVE_BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated, not faster."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags() & NATIVE_BFLOAT16_FLAGS)
 
 
 def base_in_precision(model: keras.Model, precision: str) -> keras.Model:

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from cancer_classifier.components.dataset import image_batches
-from cancer_classifier.modeling import PRECISIONS, base_in_precision, harmonise_layer, native_bfloat16
+from cancer_classifier.modeling import NATIVE_BFLOAT16_FLAGS, PRECISIONS, base_in_precision, cpu_flags, harmonise_layer
 from cancer_classifier.utils.limits import limit_size
 
 ENGINES = ("tensorflow", "openvino")
@@ -56,14 +56,15 @@ VARIANTS = tuple(Variant(engine, precision) for engine in ENGINES for precision 
 
 
 def resolve_variant(engine: str, precision: str) -> Variant:
-    """``auto`` settings for this CPU, chosen by measurement (benchmarks/results.md): bfloat16 and
-    OpenVINO where the CPU computes bfloat16 natively (OpenVINO's bf16 base ran 2.2x TensorFlow's
-    there); elsewhere TensorFlow in float32, since no engine beat it by 1.5x in float32."""
-    native = native_bfloat16()
+    """``auto`` settings for this CPU, chosen by measurement (benchmarks/results.md; batch 1, as served):
+    bfloat16 where the CPU computes it natively; OpenVINO on AVX-512 CPUs (2.2x TensorFlow in bfloat16 on
+    AMD Zen 5, 1.7x in float32 on an Intel Xeon without bfloat16); TensorFlow elsewhere (AVX2 only: not
+    measured, so the reference stays)."""
+    flags = cpu_flags()
     if precision == "auto":
-        precision = "mixed_bfloat16" if native else "float32"
+        precision = "mixed_bfloat16" if flags & NATIVE_BFLOAT16_FLAGS else "float32"
     if engine == "auto":
-        engine = "openvino" if native and precision == "mixed_bfloat16" else "tensorflow"
+        engine = "openvino" if "avx512f" in flags else "tensorflow"
     return Variant(engine, precision)
 
 
