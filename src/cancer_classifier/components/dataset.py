@@ -37,8 +37,9 @@ def split_files(data_dir: Path, split: str) -> tuple[list[str], np.ndarray]:
     return paths, np.array([classes.index(row["label"]) for row in rows], dtype=np.int64)
 
 
-def image_batches(paths: list[str], harmonise: Harmonise, batch_size: int) -> tf.data.Dataset:
-    """Decode in parallel, harmonise each image exactly as the model does, batch and prefetch.
+def image_batches(paths: list[str], harmonise: Harmonise, batch_size: int, overlap: bool = True) -> tf.data.Dataset:
+    """Decode, harmonise each image exactly as the model does, and batch; with ``overlap``, in parallel
+    threads while the model computes the previous batch, else one batch at a time when asked for.
 
     Feed the batches to ``scoring.Scorer.score_batches``; order is preserved.
     """
@@ -46,9 +47,9 @@ def image_batches(paths: list[str], harmonise: Harmonise, batch_size: int) -> tf
     def load(path: tf.Tensor) -> tf.Tensor:
         return harmonise.one(tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=3), "float32"))
 
-    return (
-        tf.data.Dataset.from_tensor_slices(paths)
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
+    images = tf.data.Dataset.from_tensor_slices(paths)
+    if not overlap:
+        return images.map(load).batch(batch_size)
+    return images.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(
+        tf.data.AUTOTUNE
     )

@@ -39,7 +39,7 @@ def extract_features(
     scorer: Scorer, paths: list[str], batch_size: int, views: int = 1, augment: keras.Sequential | None = None
 ) -> np.ndarray:
     """Pooled base features of every image: view 0 as is, then ``views - 1`` augmented views, stacked."""
-    batches = image_batches(paths, scorer.harmonise, batch_size)
+    batches = image_batches(paths, scorer.harmonise, batch_size, scorer.overlaps_decoding)
     stacked = []
     for view in range(views):
         images = batches if view == 0 else batches.map(lambda x: augment(x, training=True))
