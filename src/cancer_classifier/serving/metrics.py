@@ -7,10 +7,13 @@ aggregates every worker's. The variable must be set before prometheus_client is 
 """
 
 import os
+import struct
+import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+EMPTY_FILE_RETRIES = 5  # reads of /metrics while a worker creates its metrics file (10 ms apart)
 
 REQUESTS = Counter(
     "http_requests_total", "HTTP requests by endpoint, method and status.", ["endpoint", "method", "status"],
@@ -68,12 +71,22 @@ def multiprocess_dir() -> str | None:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text exposition of every metric, aggregated over worker processes when multiprocess."""
-    path = multiprocess_dir()
-    if path:
-        from prometheus_client import multiprocess
+    """The text exposition of every metric, aggregated over worker processes when multiprocess.
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=path)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    A metrics file that a worker is creating at that instant is still empty, and prometheus_client
+    then fails to read it (a 500 seen under load right after start): it is read again shortly after.
+    """
+    path = multiprocess_dir()
+    if not path:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    for attempt in range(EMPTY_FILE_RETRIES):
+        try:
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        except struct.error:
+            if attempt == EMPTY_FILE_RETRIES - 1:
+                raise
+            time.sleep(0.01)
