@@ -12,6 +12,7 @@ stage, which scores the test split in every variant. Grad-CAM always differentia
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import keras
 import numpy as np
@@ -112,20 +113,28 @@ class Scorer:
 
     def __init__(self, model: keras.Model, variant: Variant = REFERENCE) -> None:
         self.model, self.variant = model, variant
-        precision = variant.precision
         self.harmonise = harmonise_layer(model)
         self.preprocess = model.get_layer("vgg16_preprocess")
-        self.base = base_in_precision(model, precision)  # TensorFlow's, also for Grad-CAM and fine-tuning
         self.pooling = model.get_layer("pooling")  # a float32 layer: bfloat16 activations are cast up first
         self.head = model.get_layer("head")
-        inputs = keras.Input((None, None, 3), name="harmonised")
-        features = self.pooling(self.base(self.preprocess(inputs), training=False))
-        self.network = keras.Model(inputs, [features, self.head(features)], name=f"scorer_{precision}")
         self.openvino = (
             OpenVinoFeatures(self.preprocess, model.get_layer("vgg16"), self.pooling, self.harmonise.image_size,
-                             precision)
+                             variant.precision)
             if variant.engine == "openvino" else None
         )
+
+    @cached_property
+    def base(self) -> keras.Model:
+        """TensorFlow's base in this precision: scores for the TensorFlow engine; Grad-CAM and fine-tuning
+        use it with any engine. Built when first needed, so an OpenVINO scorer copies no base it never uses."""
+        return base_in_precision(self.model, self.variant.precision)
+
+    @cached_property
+    def network(self) -> keras.Model:
+        """Harmonised images -> [pooled features, probabilities], all in TensorFlow."""
+        inputs = keras.Input((None, None, 3), name="harmonised")
+        features = self.pooling(self.base(self.preprocess(inputs), training=False))
+        return keras.Model(inputs, [features, self.head(features)], name=f"scorer_{self.variant.precision}")
 
     @property
     def overlaps_decoding(self) -> bool:
