@@ -93,7 +93,10 @@ class Training:
         augment = augmenter(config.augmentation, config.seed)
 
         def labelled(paths: list[str], labels: np.ndarray) -> tf.data.Dataset:
+            # unbatch() loses the count; stated again, every epoch is a whole one (Keras otherwise warns
+            # that the input "ran out of data" when it ends)
             images = image_batches(paths, scorer.harmonise, config.batch_size).unbatch()
+            images = images.apply(tf.data.experimental.assert_cardinality(len(paths)))
             return tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels))
 
         train_ds = (
