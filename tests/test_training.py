@@ -15,6 +15,7 @@ from cancer_classifier.components.heads import (
     Candidate,
     HeadTrainer,
     class_weights,
+    epoch_step,
     select_head,
     set_standardisation,
     standardisation,
@@ -88,6 +89,28 @@ def test_the_mlp_stops_early_and_keeps_its_best_epoch(trained_project):
     assert restored == pytest.approx(losses[best - 1], rel=1e-5)
 
 
+def test_a_compiled_epoch_steps_as_keras_train_on_batch_with_class_weights():
+    """The MLP's compiled epoch makes the very updates of Keras's own loop (Adam, class weights)."""
+    features, labels, _ = separable_features(70, 3, 2)
+    order, weights = np.random.default_rng(1).permutation(70), class_weights(labels, 3)
+    keras.utils.set_random_seed(0)
+    ours = build_head("mlp", 3, 8, 0.0)
+    reference = build_head("mlp", 3, 8, 0.0)
+    for head in (ours, reference):
+        set_standardisation(head, *standardisation(features))
+    reference.set_weights(ours.get_weights())
+    row_weights = np.array([weights[label] for label in labels], "float32")
+    loss = epoch_step(ours, keras.optimizers.Adam(0.01), 16)(features, labels, row_weights, order, features, labels)
+    reference.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    for start in range(0, 70, 16):
+        rows = order[start : start + 16]
+        reference.train_on_batch(features[rows], labels[rows], class_weight=weights)
+    for got, expected in zip(ours.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    after = np.mean(keras.losses.sparse_categorical_crossentropy(labels, reference(features)))
+    assert float(loss) == pytest.approx(float(after), rel=1e-4)
+
+
 def test_head_selection_cross_validates_every_candidate_and_refits_the_best(trained_project):
     config = dataclasses.replace(trained_project.training(), epochs=10)
     features, labels, groups = separable_features(80, 2, 7)
@@ -144,7 +167,7 @@ def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32
     PrepareBaseModel(manager.prepare_base_model()).run()
     Features(manager.features()).run()
     Training(manager.training()).run()
-    before = load_classifier(manager.prepare_base_model().root_dir / "base_model.keras").get_layer("vgg16")
+    before = Training(manager.training()).base_of_features(2).get_layer("vgg16")
     after = load_classifier(manager.training().root_dir / "model.keras").get_layer("vgg16")
     assert not np.array_equal(
         before.get_layer("block5_conv3").get_weights()[0], after.get_layer("block5_conv3").get_weights()[0]

@@ -4,12 +4,15 @@ The model takes raw RGB pixels (0..255) of any size: resizing and VGG16's own pr
 layers inside it, so training, evaluation and serving can never preprocess differently.
 """
 
+import hashlib
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+
+from cancer_classifier.utils.common import StageInputError, load_json, sha256_file
 
 VGG16_FEATURES = 512
 NOT_FOR_CLINICAL_USE = "Research and demonstration only. Not a medical device; not for clinical use."
@@ -141,6 +144,30 @@ def build_classifier(
     x = base(vgg16_preprocess()(x), training=False)  # BatchNorm-free VGG16; inference mode keeps fine-tuning safe
     outputs = build_head("mlp", n_classes, dense_units, dropout)(pool(name="pooling")(x))
     return keras.Model(inputs, outputs, name="vgg16_classifier")
+
+
+def base_classifier(base_model_dir: Path, weights: str, n_classes: int) -> keras.Model:
+    """The untrained classifier that prepare_base_model described, with VGG16's weights from ``weights``
+    ('imagenet', 'none' or the file whose sha256 it recorded). Seeds Keras's random generators."""
+    info = load_json(Path(base_model_dir) / "base_model_info.json")
+    recorded = info.get("sha256", info["weights"])
+    if recorded != (weights if weights in ("imagenet", "none") else sha256_file(Path(weights))):
+        raise StageInputError(
+            f"the base weights {weights} are not the ones prepare_base_model described ({info['weights']}, "
+            f"{recorded}): a weights file changed since? run `dvc repro -f prepare_base_model` and `dvc repro`"
+        )
+    keras.utils.set_random_seed(info["seed"])  # "none": the same random base in every stage that builds it
+    head = info["mlp_head"]
+    return build_classifier(info["image_size"], n_classes, weights, info["pooling"], head["dense_units"],
+                            head["dropout"], info["harmonise"])
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """sha256 of a model's weights: two stages that build the base must compute with the same one."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def harmonise_layer(model: keras.Model) -> Harmonise:

@@ -11,9 +11,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cancer_classifier.components.dataset import image_batches, split_files
+from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
 from cancer_classifier.entity import AugmentationConfig, FeaturesConfig
-from cancer_classifier.modeling import load_classifier
+from cancer_classifier.modeling import base_classifier, weights_fingerprint
 from cancer_classifier.scoring import Scorer, resolve_variant
 from cancer_classifier.utils.common import atomic_directory, save_json
 from cancer_classifier.utils.logging import logger
@@ -61,9 +61,11 @@ class Features:
 
     def run(self) -> Path:
         config = self.config
+        classes = dataset_info(config.data_dir)["classes"]
+        model = base_classifier(config.base_model_dir, config.weights, len(classes))
         keras.utils.set_random_seed(config.seed)
         variant = resolve_variant(config.engine, config.precision)
-        scorer = Scorer(load_classifier(config.base_model_dir / "base_model.keras"), variant)
+        scorer = Scorer(model, variant)
         (train, y_train), (val, y_val) = (split_files(config.data_dir, split) for split in ("train", "val"))
         started = time.perf_counter()
         augment = augmenter(config.augmentation, config.seed)
@@ -82,6 +84,7 @@ class Features:
                 "views": config.views,
                 "precision": variant.precision,
                 "variant": str(variant),
+                "base_sha256": weights_fingerprint(model.get_layer("vgg16")),  # training builds the same base
                 "forward_passes": len(train) * config.views + len(val),
                 "seconds": round(seconds, 1),
             })

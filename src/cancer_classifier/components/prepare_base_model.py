@@ -1,14 +1,21 @@
-"""Stage 2: VGG16 (frozen) with harmonisation, its own preprocessing and a classification head."""
+"""Stage 2: the base model, described: VGG16's weights (with their sha256), input size, harmonisation,
+pooling and the MLP head's settings, in ``base_model_info.json``.
+
+It writes no copy of VGG16. The network is code (``modeling.build_classifier``) and its weights are a
+file, Keras's ImageNet download or a seeded random initialisation, so the stages that run VGG16
+(features, training) build it from this description; a weights file that changed since is refused
+there, and training checks that its base is bit for bit the one the features came from. So this
+stage imports no TensorFlow: it takes a second, where building, saving and loading a 58 MB copy cost
+a TensorFlow start here and a load in each later stage.
+"""
 
 from pathlib import Path
 
-import keras
-
-from cancer_classifier.components.dataset import dataset_info
 from cancer_classifier.entity import PrepareBaseModelConfig
-from cancer_classifier.modeling import build_classifier
 from cancer_classifier.utils.common import atomic_directory, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
+
+BASE_MODEL_INFO_FILE = "base_model_info.json"
 
 
 def describe_weights(weights: str) -> dict:
@@ -26,27 +33,14 @@ class PrepareBaseModel:
 
     def run(self) -> Path:
         config = self.config
-        classes = dataset_info(config.data_dir)["classes"]
-        keras.utils.set_random_seed(config.seed)
-        model = build_classifier(
-            config.image_size,
-            len(classes),
-            config.weights,
-            config.pooling,
-            config.dense_units,
-            config.dropout,
-            config.harmonise,
-        )
         with atomic_directory(config.root_dir) as out:
-            model.save(out / "base_model.keras")
-            save_json(
-                out / "base_model_info.json",
-                {
-                    "image_size": config.image_size,
-                    "harmonise": config.harmonise,
-                    "mlp_head": {"dense_units": config.dense_units, "dropout": config.dropout},  # for training
-                    **describe_weights(config.weights),
-                },
-            )
-        logger.info("base model saved: %d classes, %s weights", len(classes), config.weights)
-        return config.root_dir / "base_model.keras"
+            save_json(out / BASE_MODEL_INFO_FILE, {
+                "image_size": config.image_size,
+                "harmonise": config.harmonise,
+                "pooling": config.pooling,
+                "seed": config.seed,  # initialises random weights ("none") and the untrained head
+                "mlp_head": {"dense_units": config.dense_units, "dropout": config.dropout},
+                **describe_weights(config.weights),
+            })
+        logger.info("base model described: VGG16 at %d px, %s weights", config.image_size, config.weights)
+        return config.root_dir / BASE_MODEL_INFO_FILE

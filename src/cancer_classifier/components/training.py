@@ -20,15 +20,16 @@ from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import (
     INPUT_REFERENCE_FILE,
     MODEL_FILE,
+    base_classifier,
     intended_use,
-    load_classifier,
     unfreeze_last_blocks,
+    weights_fingerprint,
     with_head,
 )
 from cancer_classifier.ood import REFERENCE_FILE, fit_reference
 from cancer_classifier.scoring import Scorer, Variant, resolve_variant
 from cancer_classifier.tracking import public_uri, tracking_errors, use_experiment
-from cancer_classifier.utils.common import atomic_directory, load_json, save_json
+from cancer_classifier.utils.common import StageInputError, atomic_directory, load_json, save_json
 from cancer_classifier.utils.logging import logger
 
 
@@ -79,6 +80,17 @@ class Training:
         self.variant = resolve_variant(config.engine, config.precision)
         self.precision = self.variant.precision
 
+    def base_of_features(self, n_classes: int) -> keras.Model:
+        """The untrained classifier, its VGG16 base bit for bit the one the cached features came from."""
+        model = base_classifier(self.config.base_model_dir, self.config.weights, n_classes)
+        features_info = load_json(self.config.features_dir / "features_info.json")
+        if weights_fingerprint(model.get_layer("vgg16")) != features_info.get("base_sha256"):
+            raise StageInputError(
+                f"the VGG16 base built for training differs from the one the features in {self.config.features_dir} "
+                "came from (base_sha256 in features_info.json): run `dvc repro -f features` and `dvc repro`"
+            )
+        return model
+
     def fine_tune(self, model: keras.Model, train: tuple, val: tuple, n_classes: int) -> dict:
         """Train the last conv blocks and the head end to end, through the scoring path in its precision."""
         config = self.config
@@ -128,10 +140,10 @@ class Training:
 
     def run(self) -> Path:
         config = self.config
-        keras.utils.set_random_seed(config.seed)
         info = dataset_info(config.data_dir)
         classes = info["classes"]
-        model = load_classifier(config.base_model_dir / "base_model.keras")
+        model = self.base_of_features(len(classes))
+        keras.utils.set_random_seed(config.seed)
         cached = load_features(config.features_dir)
         train, val = split_files(config.data_dir, "train"), split_files(config.data_dir, "val")
         experiment_id = use_experiment(config.tracking, "training")

@@ -371,16 +371,19 @@ class ConfigurationManager:
             return source
         return str(self._path(source))
 
+    def _weights(self) -> str:
+        """base_model.weights: 'imagenet', 'none' or the weights file's absolute path."""
+        weights = self.params["base_model"]["weights"]
+        return weights if weights in ("imagenet", "none") else str(self._path(weights))
+
     def prepare_base_model(self) -> PrepareBaseModelConfig:
         base = self.params["base_model"]
-        weights = base["weights"] if base["weights"] in ("imagenet", "none") else str(self._path(base["weights"]))
         return PrepareBaseModelConfig(
             root_dir=self._dir("prepare_base_model"),
-            data_dir=self._dir("data_ingestion"),
             seed=base["seed"],
             image_size=base["image_size"],
             harmonise=base["harmonise"],
-            weights=weights,
+            weights=self._weights(),
             pooling=base["pooling"],
             dense_units=base["dense_units"],
             dropout=float(base["dropout"]),
@@ -401,6 +404,7 @@ class ConfigurationManager:
             root_dir=self._dir("features"),
             data_dir=self._dir("data_ingestion"),
             base_model_dir=self._dir("prepare_base_model"),
+            weights=self._weights(),
             seed=features["seed"],
             batch_size=features["batch_size"],
             views=features["views"],
@@ -415,6 +419,7 @@ class ConfigurationManager:
             root_dir=self._dir("training"),
             data_dir=self._dir("data_ingestion"),
             base_model_dir=self._dir("prepare_base_model"),
+            weights=self._weights(),
             features_dir=self._dir("features"),
             seed=train["seed"],
             batch_size=train["batch_size"],

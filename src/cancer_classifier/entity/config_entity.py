@@ -32,7 +32,6 @@ class DataIngestionConfig:
 @dataclass(frozen=True)
 class PrepareBaseModelConfig:
     root_dir: Path
-    data_dir: Path  # ingestion output: tells the number of classes and whether the data is a demo
     seed: int
     image_size: int
     harmonise: bool  # grayscale, intensity stretch, crop to body, aspect-preserving pad (in the model)
@@ -55,6 +54,7 @@ class FeaturesConfig:
     root_dir: Path
     data_dir: Path
     base_model_dir: Path
+    weights: str  # base_model.weights, resolved: the base is built from them (prepare_base_model recorded which)
     seed: int
     batch_size: int
     views: int  # per training image: view 0 as is, the rest augmented
@@ -68,6 +68,7 @@ class TrainingConfig:
     root_dir: Path
     data_dir: Path
     base_model_dir: Path
+    weights: str  # base_model.weights, resolved, as for the features
     features_dir: Path
     seed: int
     batch_size: int
