@@ -650,6 +650,24 @@ class Paired:
     http_over_inprocess: float  # p50 latency over p50 latency
 
 
+def server_split(url: str, files: list[bytes], requests: int) -> dict[str, float]:
+    """Where one request's time goes: medians of the server's Server-Timing parts (decode, model, total) and
+    of the client's wall time, over ``requests`` requests sent one at a time after the timed rounds."""
+    body, content_type = multipart(files)
+    parts: dict[str, list[float]] = {}
+    for _ in range(requests):
+        request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type})
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=300) as response:
+            response.read()
+            timing = response.headers.get("Server-Timing", "")
+        parts.setdefault("client", []).append(1000 * (time.perf_counter() - started))
+        for item in filter(None, timing.split(", ")):
+            name, _, milliseconds = item.partition(";dur=")
+            parts.setdefault(name, []).append(float(milliseconds))
+    return {name: statistics.median(values) for name, values in parts.items()}
+
+
 def paired(scorer, url: str, images: list[np.ndarray], files: list[bytes], requests: int, budget: Budget) -> Paired:
     """In-process calls and HTTP requests on the same images, in alternating rounds of equal work.
 
@@ -690,13 +708,15 @@ def run_inference(project: Path, logs: Path, images: list[np.ndarray], budget: B
     flops = vgg16_flops(model.get_layer("vgg16"), image_size)
     variants, scorers = measure_variants(model, images, flops, budget)
     files = [png(image) for image in images]
-    http: dict = {"png_kb": round(len(files[0]) / 1024), "batch_supported": False, "single": None, "batch": None}
+    http: dict = {"png_kb": round(len(files[0]) / 1024), "batch_supported": False, "single": None, "batch": None,
+                  "split": {}}
     with gunicorn(project, logs / "gunicorn.log") as (url, master):
         engine = served_variant(predict_reply(url, files[:1]))
         scorer = scorers[f"{engine['name']}/{engine['precision']}"]
         for name in [name for name in scorers if scorers[name] is not scorer]:
             del scorers[name]  # only the served variant is measured further
         http["single"] = paired(scorer, url, images[:1], files[:1], budget.single_requests, budget)
+        http["split"] = server_split(url, files[:1], max(5, budget.single_requests // 4))
         http["batch_supported"] = batch_supported(url, files)
         if http["batch_supported"]:
             http["batch"] = paired(scorer, url, images[:BATCH], files[:BATCH], budget.batch_requests, budget)
@@ -840,6 +860,22 @@ def http_table(http: dict) -> list[str]:
     return lines
 
 
+def split_lines(split: dict[str, float]) -> list[str]:
+    """Where one 1-image request's time went: the server's Server-Timing parts and what is left."""
+    if not split:
+        return ["The server sent no Server-Timing header: its time is not split."]
+    rest = split["total"] - split.get("decode", 0) - split.get("model", 0)
+    return [
+        "Where one request's time goes (medians over requests sent after the timed rounds; the server's "
+        "Server-Timing header, the client's wall time):", "",
+        "| client wall ms | server total ms | decode ms | model ms (harmonise, base, head, OOD) "
+        "| rest of the server ms (parsing, checks, monitoring, JSON, log) | outside the app ms (HTTP, gunicorn) |",
+        "|---|---|---|---|---|---|",
+        f"| {fmt(split['client'])} | {fmt(split['total'])} | {fmt(split.get('decode'))} | "
+        f"{fmt(split.get('model'))} | {fmt(rest)} | {fmt(split['client'] - split['total'])} |",
+    ]
+
+
 def target_lines(figures: dict) -> list[str]:
     lines = []
     for name, verdict in figures["targets"].items():
@@ -884,7 +920,7 @@ def report(info: dict, command: str, classic: dict, ours: dict, inference: dict,
         "rounds, so both see the same load from other work. The headline ratio is the batch-1 p50 latency "
         f"ratio; the {BATCH}-file row is secondary. Engine speed-up (served variant over TensorFlow at the same "
         f"precision, batch 1, table above): **{fmt(figures['engine_speedup'], 2)}x**.", "",
-        *http_table(http), "",
+        *http_table(http), "", *split_lines(http["split"]), "",
         f"Serving peak memory: the gunicorn worker's peak RSS (VmHWM, read after the HTTP runs) was "
         f"**{fmt(inference['serving_peak_rss_mb'], 0)} MB**.", "",
         "## Compute floor", "",
@@ -918,7 +954,7 @@ def json_document(info: dict, command: str, classic: dict, ours: dict, data_inge
         "classic_optimizer": classic_optimizer(),
         "classic": classic, "ours": ours,
         "inprocess": inference["variants"],
-        "http": {key: http[key] for key in ("png_kb", "batch_supported")}
+        "http": {key: http[key] for key in ("png_kb", "batch_supported", "split")}
         | {key: asdict(http[key]) if http[key] else None for key in ("single", "batch")},
     }
 

@@ -172,6 +172,19 @@ def test_predict_upload(client, png_bytes, metadata):
     assert isinstance(body["in_distribution"], bool) and isinstance(body["ood_score"], float)
 
 
+def test_a_prediction_says_where_its_time_went(client, png_bytes):
+    """Server-Timing (decode, model, total), which the benchmark reads to split HTTP's overhead."""
+    for files in ([png_bytes], [png_bytes, png_bytes]):
+        response = client.post("/predict", data={"file": [(io.BytesIO(f), "s.png") for f in files]},
+                               content_type="multipart/form-data")
+        assert response.status_code == 200
+        parts = dict(item.split(";dur=") for item in response.headers["Server-Timing"].split(", "))
+        assert list(parts) == ["decode", "model", "total"]
+        assert 0 < float(parts["decode"]) + float(parts["model"]) <= float(parts["total"])
+    assert list(dict(item.split(";dur=") for item in client.get("/health").headers["Server-Timing"].split(", "))) == [
+        "total"]
+
+
 def test_predict_json_base64_matches_upload(client, png_bytes):
     by_json = client.post("/predict", json={"image": base64.b64encode(png_bytes).decode()})
     assert by_json.status_code == 200

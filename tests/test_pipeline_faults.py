@@ -27,7 +27,7 @@ from cancer_classifier.components.synthetic import write_phantoms
 from cancer_classifier.components.training import Training
 from cancer_classifier.config import ConfigurationManager
 from cancer_classifier.modeling import load_classifier
-from cancer_classifier.utils.common import sha256_file
+from cancer_classifier.utils.common import load_json, save_json, sha256_file
 from tests.conftest import TINY_PARAMS, merge, write_project
 from tests.test_dvc_pipeline import repo_copy, run, stages_run  # noqa: F401  (repo_copy: its fixture, reused)
 
@@ -261,3 +261,50 @@ def test_a_download_cut_short_is_rejected_and_never_used(project, zip_server, tm
                            .data_ingestion()).run()
     assert report["images_kept"] == 20 and (output / "manifest.csv").is_file()
     assert server.requests == [f"/{cut}.zip", "/ct.zip"]  # downloaded afresh, nothing reused
+
+
+# -- a base that is not the one described ---------------------------------------------------
+
+
+def test_prepare_base_model_runs_without_tensorflow():
+    """It only describes the base: the pipeline pays no TensorFlow start for it."""
+    check = "import sys; import cancer_classifier.pipeline.prepare_base_model; print('tensorflow' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0 and imported.stdout.strip() == "False", imported.stderr[-2000:]
+
+
+def test_a_weights_file_changed_since_prepare_base_model_is_refused_in_one_line(trained_project, tmp_path):
+    import keras
+
+    def vgg16_weights(seed: int) -> None:
+        keras.utils.set_random_seed(seed)
+        keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+
+    root = project_copy(trained_project, tmp_path, ("data_ingestion",))
+    weights = root / "vgg16.weights.h5"
+    vgg16_weights(1)
+    write_project(root, None, merge(TINY_PARAMS, {"base_model": {"weights": weights.name}}))
+    assert run_entry_point(root, "prepare_base_model").returncode == 0
+    assert load_json(root / "artifacts/prepare_base_model/base_model_info.json")["sha256"] == sha256_file(weights)
+    vgg16_weights(2)  # the file changes at the same path, which DVC does not watch
+
+    features = run_entry_point(root, "features")
+
+    assert features.returncode == 1 and "Traceback" not in features.stderr
+    assert f"the base weights {weights} are not the ones prepare_base_model described" in features.stderr
+    assert "dvc repro -f prepare_base_model" in features.stderr
+    assert not (root / "artifacts/features").exists()
+
+
+def test_training_refuses_features_of_another_base(trained_project, tmp_path):
+    """The base was described anew (another seed for its random weights) but the features were not
+    recomputed: the head would learn features that the saved model does not compute."""
+    root = project_copy(trained_project, tmp_path, ("data_ingestion", "prepare_base_model", "features"))
+    info_path = root / "artifacts/prepare_base_model/base_model_info.json"
+    save_json(info_path, load_json(info_path) | {"seed": 7})
+
+    training = run_entry_point(root, "training")
+
+    assert training.returncode == 1 and "Traceback" not in training.stderr
+    assert "differs from the one the features" in training.stderr and "dvc repro -f features" in training.stderr
+    assert not (root / "artifacts/training").exists()

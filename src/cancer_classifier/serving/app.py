@@ -217,6 +217,9 @@ def _register_request_hooks(app: Flask, access_log) -> None:
         method = metrics.method_label(request.method)
         metrics.observe(endpoint, method, response.status_code, elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        # where the time went (decode and model for predictions), as browsers' developer tools show it
+        timings = g.get("timings", {}) | {"total": elapsed}
+        response.headers["Server-Timing"] = ", ".join(f"{part};dur={1000 * t:.1f}" for part, t in timings.items())
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -2,6 +2,9 @@
 
 import base64
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 
@@ -138,6 +141,16 @@ def monitoring():
                            plot=drift_plot(summary))
 
 
+@contextmanager
+def timed(part: str) -> Iterator[None]:
+    """The wall time of one part of the request, for its Server-Timing header (app.py)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        g.setdefault("timings", {})[part] = time.perf_counter() - started
+
+
 def _upload_bytes() -> list[bytes]:
     """The image bytes from multipart field(s) ``file`` or JSON ``{"image": "<base64>"}``."""
     mimetype = request.mimetype
@@ -213,10 +226,12 @@ def predict():
         if len(probes) > 1:
             return _predict_many(predictor, probes, budget)
         found = probes.pop()
-        image = decode(found, current_app.extensions["dicom_window"], budget)
+        with timed("decode"):
+            image = decode(found, current_app.extensions["dicom_window"], budget)
         g.input_kind = found.kind
         del found
-        result = predictor.predict(image, explain=explain)
+        with timed("model"):
+            result = predictor.predict(image, explain=explain)
     g.label = result["label"]
     g.in_distribution = result["in_distribution"]
     _count(result)
@@ -255,14 +270,16 @@ def _predict_many(predictor, probes: list, budget: DecodeBudget) -> Response:
     """Several files in one multipart request: one forward pass, one result per file, in order."""
     window = current_app.extensions["dicom_window"]
     images = []
-    for index, found in enumerate(probes):
-        try:
-            images.append(decode(found, window, budget))
-        except ApiError as error:  # say which file: the others were fine
-            error.message = f"file {index + 1} of {len(probes)}: {error.message}"
-            raise
-        probes[index] = None  # the upload's bytes can go once decoded
-    results = predictor.predict_many(images)
+    with timed("decode"):
+        for index, found in enumerate(probes):
+            try:
+                images.append(decode(found, window, budget))
+            except ApiError as error:  # say which file: the others were fine
+                error.message = f"file {index + 1} of {len(probes)}: {error.message}"
+                raise
+            probes[index] = None  # the upload's bytes can go once decoded
+    with timed("model"):
+        results = predictor.predict_many(images)
     for result in results:
         _count(result)
     _record(predictor, results, images)
