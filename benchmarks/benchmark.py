@@ -862,17 +862,20 @@ def http_table(http: dict) -> list[str]:
 
 def split_lines(split: dict[str, float]) -> list[str]:
     """Where one 1-image request's time went: the server's Server-Timing parts and what is left."""
-    if not split:
+    if "total" not in split:
         return ["The server sent no Server-Timing header: its time is not split."]
-    rest = split["total"] - split.get("decode", 0) - split.get("model", 0)
+    parts = ("queue", "decode", "model")
+    rest = split["total"] - sum(split.get(part, 0) for part in parts)
     return [
         "Where one request's time goes (medians over requests sent after the timed rounds; the server's "
         "Server-Timing header, the client's wall time):", "",
-        "| client wall ms | server total ms | decode ms | model ms (harmonise, base, head, OOD) "
-        "| rest of the server ms (parsing, checks, monitoring, JSON, log) | outside the app ms (HTTP, gunicorn) |",
-        "|---|---|---|---|---|---|",
-        f"| {fmt(split['client'])} | {fmt(split['total'])} | {fmt(split.get('decode'))} | "
-        f"{fmt(split.get('model'))} | {fmt(rest)} | {fmt(split['client'] - split['total'])} |",
+        "| client wall ms | server total ms | waiting for the prediction slot ms | decode ms "
+        "| model ms (harmonise, base, head, OOD) | rest of the server ms (parsing, checks, monitoring, JSON, log) "
+        "| outside the app ms (HTTP, gunicorn) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {fmt(split['client'])} | {fmt(split['total'])} | "
+        + " | ".join(fmt(split.get(part)) for part in parts)
+        + f" | {fmt(rest)} | {fmt(split['client'] - split['total'])} |",
     ]
 
 

@@ -308,3 +308,15 @@ def test_training_refuses_features_of_another_base(trained_project, tmp_path):
     assert training.returncode == 1 and "Traceback" not in training.stderr
     assert "differs from the one the features" in training.stderr and "dvc repro -f features" in training.stderr
     assert not (root / "artifacts/training").exists()
+
+
+def test_a_base_description_from_older_code_is_refused_in_one_line(trained_project, tmp_path):
+    """base_model_info.json as the stage wrote it before it described pooling and seed."""
+    root = project_copy(trained_project, tmp_path, ("data_ingestion", "prepare_base_model"))
+    info_path = root / "artifacts/prepare_base_model/base_model_info.json"
+    save_json(info_path, {k: v for k, v in load_json(info_path).items() if k not in ("pooling", "seed")})
+
+    features = run_entry_point(root, "features")
+
+    assert features.returncode == 1 and "Traceback" not in features.stderr
+    assert "lacks pooling, seed" in features.stderr and "dvc repro -f prepare_base_model" in features.stderr

@@ -109,6 +109,18 @@ def test_a_compiled_epoch_steps_as_keras_train_on_batch_with_class_weights():
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     after = np.mean(keras.losses.sparse_categorical_crossentropy(labels, reference(features)))
     assert float(loss) == pytest.approx(float(after), rel=1e-4)
+    # dropout is on while it trains: the same epoch from the same start moves the weights elsewhere
+    dropping = build_head("mlp", 3, 8, 0.5)
+    set_standardisation(dropping, *standardisation(features))
+    dropping.set_weights(reference.get_weights())
+    keras.utils.set_random_seed(0)
+    start = [w.copy() for w in dropping.get_weights()]
+    epoch_step(dropping, keras.optimizers.Adam(0.01), 16)(features, labels, row_weights, order, features, labels)
+    without = build_head("mlp", 3, 8, 0.0)
+    set_standardisation(without, *standardisation(features))
+    without.set_weights(start)
+    epoch_step(without, keras.optimizers.Adam(0.01), 16)(features, labels, row_weights, order, features, labels)
+    assert not np.allclose(dropping.get_weights()[3], without.get_weights()[3])
 
 
 def test_head_selection_cross_validates_every_candidate_and_refits_the_best(trained_project):

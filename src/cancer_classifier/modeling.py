@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from cancer_classifier.utils.common import StageInputError, load_json, sha256_file
+from cancer_classifier.utils.common import StageInputError, sha256_file
 
 VGG16_FEATURES = 512
 NOT_FOR_CLINICAL_USE = "Research and demonstration only. Not a medical device; not for clinical use."
@@ -146,10 +146,9 @@ def build_classifier(
     return keras.Model(inputs, outputs, name="vgg16_classifier")
 
 
-def base_classifier(base_model_dir: Path, weights: str, n_classes: int) -> keras.Model:
-    """The untrained classifier that prepare_base_model described, with VGG16's weights from ``weights``
-    ('imagenet', 'none' or the file whose sha256 it recorded). Seeds Keras's random generators."""
-    info = load_json(Path(base_model_dir) / "base_model_info.json")
+def base_classifier(info: dict, weights: str, n_classes: int) -> keras.Model:
+    """The untrained classifier that prepare_base_model described (``info``), with VGG16's weights from
+    ``weights`` ('imagenet', 'none' or the file whose sha256 it recorded). Seeds Keras's random generators."""
     recorded = info.get("sha256", info["weights"])
     if recorded != (weights if weights in ("imagenet", "none") else sha256_file(Path(weights))):
         raise StageInputError(

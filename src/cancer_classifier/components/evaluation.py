@@ -22,6 +22,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 from cancer_classifier.components.dataset import data_report, split_files
 from cancer_classifier.components.metrics import bootstrap_intervals, headline_metrics, per_class_metrics
 from cancer_classifier.components.model_card import build_model_card, render_markdown
+from cancer_classifier.components.prepare_base_model import load_base_info
 from cancer_classifier.components.shortcut_audit import shortcut_audit
 from cancer_classifier.entity import EvaluationConfig
 from cancer_classifier.modeling import MODEL_FILE, harmonise_layer, load_classifier
@@ -278,7 +279,7 @@ class Evaluation:
         card = build_model_card(
             report,
             data,
-            load_json(config.base_model_dir / "base_model_info.json"),
+            load_base_info(config.base_model_dir),
             load_json(config.model_dir / "training_info.json"),
         )
         with atomic_directory(config.root_dir) as out:

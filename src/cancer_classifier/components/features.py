@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
+from cancer_classifier.components.prepare_base_model import load_base_info
 from cancer_classifier.entity import AugmentationConfig, FeaturesConfig
 from cancer_classifier.modeling import base_classifier, weights_fingerprint
 from cancer_classifier.scoring import Scorer, resolve_variant
@@ -62,7 +63,7 @@ class Features:
     def run(self) -> Path:
         config = self.config
         classes = dataset_info(config.data_dir)["classes"]
-        model = base_classifier(config.base_model_dir, config.weights, len(classes))
+        model = base_classifier(load_base_info(config.base_model_dir), config.weights, len(classes))
         keras.utils.set_random_seed(config.seed)
         variant = resolve_variant(config.engine, config.precision)
         scorer = Scorer(model, variant)

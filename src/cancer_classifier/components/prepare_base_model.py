@@ -12,10 +12,24 @@ a TensorFlow start here and a load in each later stage.
 from pathlib import Path
 
 from cancer_classifier.entity import PrepareBaseModelConfig
-from cancer_classifier.utils.common import atomic_directory, save_json, sha256_file
+from cancer_classifier.utils.common import StageInputError, atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.utils.logging import logger
 
 BASE_MODEL_INFO_FILE = "base_model_info.json"
+BUILD_KEYS = ("image_size", "harmonise", "pooling", "seed", "mlp_head", "weights")  # what builds the base
+
+
+def load_base_info(base_model_dir: Path) -> dict:
+    """The stage's description of the base; StageInputError (what to run) if missing or from older code."""
+    path = Path(base_model_dir) / BASE_MODEL_INFO_FILE
+    if not path.is_file():
+        raise StageInputError(f"{path} not found: run the prepare_base_model stage first (dvc repro)")
+    info = load_json(path)
+    if missing := [key for key in BUILD_KEYS if key not in info]:
+        raise StageInputError(
+            f"{path} lacks {', '.join(missing)} (written by an older version): run `dvc repro -f prepare_base_model`"
+        )
+    return info
 
 
 def describe_weights(weights: str) -> dict:

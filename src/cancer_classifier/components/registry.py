@@ -27,6 +27,7 @@ from PIL import Image
 
 from cancer_classifier.components.dataset import split_rows
 from cancer_classifier.components.metrics import headline_metrics
+from cancer_classifier.components.prepare_base_model import load_base_info
 from cancer_classifier.entity import RegistryConfig, ServingConfig
 from cancer_classifier.modeling import INPUT_REFERENCE_FILE, MODEL_FILE, intended_use, load_classifier
 from cancer_classifier.ood import REFERENCE_FILE
@@ -242,7 +243,7 @@ class ModelRegistry:
                 f"{config.evaluation_dir / 'evaluation.json'} scored another model than "
                 f"{config.model_dir / MODEL_FILE} (retrained since): run the evaluation stage first (dvc repro)"
             )
-        base = load_json(config.base_model_dir / "base_model_info.json")
+        base = load_base_info(config.base_model_dir)
         demo = evaluation["demo"]
         tags = {
             "demo": str(demo).lower(),

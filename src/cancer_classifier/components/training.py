@@ -16,6 +16,7 @@ import tensorflow as tf
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files, split_rows
 from cancer_classifier.components.features import augmenter, extract_features, load_features
 from cancer_classifier.components.heads import HeadTrainer, class_weights, select_head
+from cancer_classifier.components.prepare_base_model import load_base_info
 from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import (
     INPUT_REFERENCE_FILE,
@@ -76,14 +77,17 @@ def input_reference(data_dir: Path, classes: list[str]) -> dict:
 class Training:
     def __init__(self, config: TrainingConfig) -> None:
         self.config = config
-        self.base_info = load_json(config.base_model_dir / "base_model_info.json")
+        self.base_info = load_base_info(config.base_model_dir)
         self.variant = resolve_variant(config.engine, config.precision)
         self.precision = self.variant.precision
 
     def base_of_features(self, n_classes: int) -> keras.Model:
         """The untrained classifier, its VGG16 base bit for bit the one the cached features came from."""
-        model = base_classifier(self.config.base_model_dir, self.config.weights, n_classes)
-        features_info = load_json(self.config.features_dir / "features_info.json")
+        info_path = self.config.features_dir / "features_info.json"
+        if not info_path.is_file():
+            raise StageInputError(f"{info_path} not found: run the features stage first (dvc repro)")
+        features_info = load_json(info_path)
+        model = base_classifier(self.base_info, self.config.weights, n_classes)
         if weights_fingerprint(model.get_layer("vgg16")) != features_info.get("base_sha256"):
             raise StageInputError(
                 f"the VGG16 base built for training differs from the one the features in {self.config.features_dir} "
@@ -142,9 +146,9 @@ class Training:
         config = self.config
         info = dataset_info(config.data_dir)
         classes = info["classes"]
+        cached = load_features(config.features_dir)
         model = self.base_of_features(len(classes))
         keras.utils.set_random_seed(config.seed)
-        cached = load_features(config.features_dir)
         train, val = split_files(config.data_dir, "train"), split_files(config.data_dir, "val")
         experiment_id = use_experiment(config.tracking, "training")
         started = time.perf_counter()

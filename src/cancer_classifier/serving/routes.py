@@ -208,7 +208,9 @@ class _Slot:
 
     def __enter__(self):
         seconds = current_app.config["PREDICT_WAIT_SECONDS"]
-        if not PREDICT_SLOT.acquire(timeout=seconds):
+        with timed("queue"):  # waiting for the slot is no part of this request's own work
+            acquired = PREDICT_SLOT.acquire(timeout=seconds)
+        if not acquired:
             raise ServiceUnavailable(f"the server is busy (no prediction slot within {seconds:g} s); retry later")
 
     def __exit__(self, *exc):
