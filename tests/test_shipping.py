@@ -203,7 +203,7 @@ def test_build_context_holds_what_the_dockerfile_copies_and_never_data_runs_or_s
         "artifacts/data_ingestion/manifest.csv",
         "artifacts/features/features.npz",
         "artifacts/evaluation/predictions.csv",
-        "artifacts/prepare_base_model/base_model.keras",
+        "artifacts/prepare_base_model/base_model_info.json",
         "mlruns/0/meta.yaml",
         "mlflow.db",
         ".venv/bin/python",
