@@ -47,11 +47,11 @@ REFERENCE_AND_FURTHEST = (str(REFERENCE), "openvino/mixed_bfloat16")
 
 
 def expected_variant(setting: str, servable: list[str]) -> str:
-    """The serving rule: the requested variant if the evaluation admitted it, else its engine in
-    float32 if admitted, else the reference."""
+    """The serving rule: the first the evaluation admitted of the requested variant, TensorFlow in its
+    precision and its engine in float32; else the reference."""
     wanted = resolve_variant(*setting.split("/"))
-    fallback = Variant(wanted.engine, "float32")
-    return str(next((v for v in (wanted, fallback) if str(v) in servable), REFERENCE))
+    preferred = (wanted, Variant("tensorflow", wanted.precision), Variant(wanted.engine, "float32"))
+    return str(next((v for v in preferred if str(v) in servable), REFERENCE))
 
 
 def serve_artifacts(trained_root: Path, root: Path, setting: str, params: dict) -> Path:
