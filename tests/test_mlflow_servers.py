@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from cancer_classifier.components.dataset import split_files
 from cancer_classifier.config import ConfigurationManager
 from cancer_classifier.registration import ModelStore, alias_tag
+from cancer_classifier.scoring import REFERENCE, Variant
 from cancer_classifier.serving import create_app
 from cancer_classifier.serving.predictor import ModelUnavailable, Predictor
 from cancer_classifier.tracking import connect
@@ -242,11 +243,13 @@ def registered_versions(uri: str, name: str) -> list[str]:
     return [v.version for v in MlflowClient(uri).search_model_versions(f"name='{name}'")]
 
 
-def served(project: Project, uri: str) -> Predictor:
-    """What the app loads in registry mode (MLFLOW_TRACKING_URI set) from ``uri``."""
+def served(project: Project, uri: str, variant: Variant | None = None) -> Predictor:
+    """What the app loads in registry mode (MLFLOW_TRACKING_URI set) from ``uri``; in ``variant`` if given,
+    else as the project's config says (auto: this CPU's choice)."""
     serving = project.manager.serving()
     tracking = replace(serving.tracking, tracking_uri=uri, artifact_location=None)
-    return Predictor.from_config(replace(serving, use_registry=True, tracking=tracking))
+    forced = {"engine": variant.engine, "precision": variant.precision} if variant else {}
+    return Predictor.from_config(replace(serving, use_registry=True, tracking=tracking, **forced))
 
 
 def sample_file(project: Project) -> bytes:
@@ -340,7 +343,8 @@ def test_mlflow_models_serve_answers_a_base64_file_as_the_app_does(on_current, c
             with pytest.raises(urllib.error.HTTPError) as error:
                 invoke(url, records)
             assert error.value.code == 400 and message in error.value.read().decode()
-    app = create_app({"TESTING": True, "PREDICTOR": served(on_current, current_server)}).test_client()
+    # MLflow's model serves the reference variant; so does the app here (auto may choose another on this CPU)
+    app = create_app({"TESTING": True, "PREDICTOR": served(on_current, current_server, REFERENCE)}).test_client()
     expected = app.post("/predict", data={"file": (io.BytesIO(data), "slice.png")}).get_json()
     assert scored["label"] == expected["label"] and scored["in_distribution"] == expected["in_distribution"]
     assert list(scored["probabilities"]) == list(expected["probabilities"])
