@@ -100,6 +100,8 @@ def test_a_killed_worker_is_replaced_and_only_its_request_fails(served, upload):
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             during = [f.result() for f in futures]
+        # a killed worker takes a moment to exit: until then it still counts as a live, loaded worker
+        wait_until(lambda: victim not in server.workers(), BOOT_SECONDS)
         after_kill = server.wait_loaded(2, BOOT_SECONDS)
         replaced_in = time.monotonic() - killed_at
         later = [timed_send(server.url, *upload) for _ in range(4)]
