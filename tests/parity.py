@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cancer_classifier.scoring import REFERENCE, VARIANTS, Variant, resolve_variant
+from cancer_classifier.scoring import REFERENCE, VARIANTS, Variant
+from cancer_classifier.serving.predictor import admitted_variants
 from tests.conftest import REPO, merge, write_project
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # soak.py and load_test.py are scripts, not a package
@@ -47,11 +48,10 @@ REFERENCE_AND_FURTHEST = (str(REFERENCE), "openvino/mixed_bfloat16")
 
 
 def expected_variant(setting: str, servable: list[str]) -> str:
-    """The serving rule: the first the evaluation admitted of the requested variant, TensorFlow in its
-    precision and its engine in float32; else the reference."""
-    wanted = resolve_variant(*setting.split("/"))
-    preferred = (wanted, Variant("tensorflow", wanted.precision), Variant(wanted.engine, "float32"))
-    return str(next((v for v in preferred if str(v) in servable), REFERENCE))
+    """What the serving rule picks for ``setting`` among the variants the evaluation admitted (the rule's
+    order is pinned in test_app.py)."""
+    engine, precision = setting.split("/")
+    return str(admitted_variants(engine, precision, {Variant.parse(v) for v in servable}, "expected")[0])
 
 
 def serve_artifacts(trained_root: Path, root: Path, setting: str, params: dict) -> Path:
