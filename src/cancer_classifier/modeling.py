@@ -12,8 +12,6 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from cancer_classifier.utils.common import StageInputError, sha256_file
-
 VGG16_FEATURES = 512
 NOT_FOR_CLINICAL_USE = "Research and demonstration only. Not a medical device; not for clinical use."
 # Caffe-style VGG16 preprocessing: RGB -> BGR, minus the ImageNet channel means (BGR order).
@@ -148,13 +146,7 @@ def build_classifier(
 
 def base_classifier(info: dict, weights: str, n_classes: int) -> keras.Model:
     """The untrained classifier that prepare_base_model described (``info``), with VGG16's weights from
-    ``weights`` ('imagenet', 'none' or the file whose sha256 it recorded). Seeds Keras's random generators."""
-    recorded = info.get("sha256", info["weights"])
-    if recorded != (weights if weights in ("imagenet", "none") else sha256_file(Path(weights))):
-        raise StageInputError(
-            f"the base weights {weights} are not the ones prepare_base_model described ({info['weights']}, "
-            f"{recorded}): a weights file changed since? run `dvc repro -f prepare_base_model` and `dvc repro`"
-        )
+    ``weights`` ('imagenet', 'none' or a file). Seeds Keras's random generators."""
     keras.utils.set_random_seed(info["seed"])  # "none": the same random base in every stage that builds it
     head = info["mlp_head"]
     return build_classifier(info["image_size"], n_classes, weights, info["pooling"], head["dense_units"],

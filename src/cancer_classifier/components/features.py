@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files
-from cancer_classifier.components.prepare_base_model import load_base_info
+from cancer_classifier.components.prepare_base_model import check_weights, load_base_info
 from cancer_classifier.entity import AugmentationConfig, FeaturesConfig
 from cancer_classifier.modeling import base_classifier, weights_fingerprint
 from cancer_classifier.scoring import Scorer, resolve_variant
@@ -63,7 +63,9 @@ class Features:
     def run(self) -> Path:
         config = self.config
         classes = dataset_info(config.data_dir)["classes"]
-        model = base_classifier(load_base_info(config.base_model_dir), config.weights, len(classes))
+        info = load_base_info(config.base_model_dir)
+        check_weights(info, config.weights)
+        model = base_classifier(info, config.weights, len(classes))
         keras.utils.set_random_seed(config.seed)
         variant = resolve_variant(config.engine, config.precision)
         scorer = Scorer(model, variant)

@@ -41,6 +41,16 @@ def describe_weights(weights: str) -> dict:
     return {"weights": Path(weights).name, "description": "local weights file", "sha256": sha256_file(Path(weights))}
 
 
+def check_weights(info: dict, weights: str) -> None:
+    """StageInputError unless ``weights`` are the ones ``info`` describes (a file by its sha256)."""
+    recorded, current = info.get("sha256", info["weights"]), describe_weights(weights).get("sha256", weights)
+    if current != recorded:
+        raise StageInputError(
+            f"the base weights {weights} are not the ones prepare_base_model described ({info['weights']}, "
+            f"{recorded}): a weights file changed since? run `dvc repro -f prepare_base_model` and `dvc repro`"
+        )
+
+
 class PrepareBaseModel:
     def __init__(self, config: PrepareBaseModelConfig) -> None:
         self.config = config

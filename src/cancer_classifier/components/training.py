@@ -16,7 +16,7 @@ import tensorflow as tf
 from cancer_classifier.components.dataset import dataset_info, image_batches, split_files, split_rows
 from cancer_classifier.components.features import augmenter, extract_features, load_features
 from cancer_classifier.components.heads import HeadTrainer, class_weights, select_head
-from cancer_classifier.components.prepare_base_model import load_base_info
+from cancer_classifier.components.prepare_base_model import check_weights, load_base_info
 from cancer_classifier.entity import TrainingConfig
 from cancer_classifier.modeling import (
     INPUT_REFERENCE_FILE,
@@ -87,6 +87,7 @@ class Training:
         if not info_path.is_file():
             raise StageInputError(f"{info_path} not found: run the features stage first (dvc repro)")
         features_info = load_json(info_path)
+        check_weights(self.base_info, self.config.weights)
         model = base_classifier(self.base_info, self.config.weights, n_classes)
         if weights_fingerprint(model.get_layer("vgg16")) != features_info.get("base_sha256"):
             raise StageInputError(
