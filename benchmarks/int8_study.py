@@ -19,10 +19,10 @@ import keras
 import numpy as np
 import yaml
 
-from cancer_classifier.components.dataset import image_batches, split_files
-from cancer_classifier.components.metrics import headline_metrics
-from cancer_classifier.modeling import MODEL_FILE, load_classifier
-from cancer_classifier.scoring import Scorer, to_openvino
+from cancer_classifier.chest_ct.components.dataset import split_files
+from cancer_classifier.chest_ct.modeling import MODEL_FILE, image_batches, load_classifier
+from cancer_classifier.chest_ct.scoring import Scorer, to_openvino
+from cancer_classifier.core.metrics import headline_metrics
 
 AUC_MARGIN, LABEL_AGREEMENT = 0.005, 0.99
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cancer_classifier.components.synthetic import phantom
+from cancer_classifier.chest_ct.components.synthetic import phantom
 
 
 def loopback_only(url: str) -> str:

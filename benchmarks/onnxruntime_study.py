@@ -25,9 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cancer_classifier.components.dataset import image_batches
-from cancer_classifier.modeling import build_classifier, cpu_flags
-from cancer_classifier.scoring import OpenVinoFeatures, Scorer
+from cancer_classifier.chest_ct.modeling import build_classifier, cpu_flags, image_batches
+from cancer_classifier.chest_ct.scoring import OpenVinoFeatures, Scorer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared"))

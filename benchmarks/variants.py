@@ -17,11 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from cancer_classifier.components.data_ingestion import DataIngestion
-from cancer_classifier.components.evaluation import Evaluation
-from cancer_classifier.components.features import Features
-from cancer_classifier.components.prepare_base_model import PrepareBaseModel
-from cancer_classifier.components.training import Training
+from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion
+from cancer_classifier.chest_ct.components.evaluation import Evaluation
+from cancer_classifier.chest_ct.components.features import Features
+from cancer_classifier.chest_ct.components.prepare_base_model import PrepareBaseModel
+from cancer_classifier.chest_ct.components.training import Training
 from cancer_classifier.config import ConfigurationManager
 
 REPO = Path(__file__).resolve().parents[1]

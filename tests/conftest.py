@@ -114,12 +114,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def run_pipeline(manager: ConfigurationManager) -> dict:
     """Every chest-CT stage in order, as ``dvc repro`` runs them; the register stage's record."""
-    from cancer_classifier.components.data_ingestion import DataIngestion
-    from cancer_classifier.components.evaluation import Evaluation
-    from cancer_classifier.components.features import Features
-    from cancer_classifier.components.prepare_base_model import PrepareBaseModel
-    from cancer_classifier.components.registry import ModelRegistry
-    from cancer_classifier.components.training import Training
+    from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion
+    from cancer_classifier.chest_ct.components.evaluation import Evaluation
+    from cancer_classifier.chest_ct.components.features import Features
+    from cancer_classifier.chest_ct.components.prepare_base_model import PrepareBaseModel
+    from cancer_classifier.chest_ct.components.registry import ModelRegistry
+    from cancer_classifier.chest_ct.components.training import Training
 
     DataIngestion(manager.data_ingestion()).run()
     PrepareBaseModel(manager.prepare_base_model()).run()
@@ -148,7 +148,7 @@ def serving(trained_project):
 
 @pytest.fixture(scope="module")
 def app(serving):
-    from cancer_classifier.serving import create_app
+    from cancer_classifier.serving.app import create_app
 
     # One app per module: loading VGG16 per test would cost seconds each.
     return create_app({"TESTING": True, "SERVING_CONFIG": serving})

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cancer_classifier.scoring import REFERENCE, VARIANTS, Variant
-from cancer_classifier.serving.predictor import admitted_variants
+from cancer_classifier.chest_ct.scoring import REFERENCE, VARIANTS, Variant
+from cancer_classifier.chest_ct.serving.predictor import admitted_variants
 from tests.conftest import REPO, merge, write_project
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # soak.py and load_test.py are scripts, not a package

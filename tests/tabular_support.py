@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cancer_classifier.components.tabular_evaluation import TabularEvaluation
-from cancer_classifier.components.tabular_ingestion import TabularIngestion
-from cancer_classifier.components.tabular_registry import TabularRegistry
-from cancer_classifier.components.tabular_training import TabularTraining
 from cancer_classifier.config import ConfigurationManager
+from cancer_classifier.tabular.components.evaluation import TabularEvaluation
+from cancer_classifier.tabular.components.ingestion import TabularIngestion
+from cancer_classifier.tabular.components.registry import TabularRegistry
+from cancer_classifier.tabular.components.training import TabularTraining
 from tests.conftest import SHARED, merge, write_project
 
 COLORECTAL = SHARED / "data/colorectal/colorectal_cancer_dataset.csv"

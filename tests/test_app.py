@@ -16,15 +16,15 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from cancer_classifier import scoring
-from cancer_classifier.modeling import load_classifier
-from cancer_classifier.scoring import REFERENCE, Variant, resolve_variant
-from cancer_classifier.serving import create_app
-from cancer_classifier.serving.inputs import Window, dicom_to_rgb
-from cancer_classifier.serving.predictor import Predictor, admitted_variants
-from cancer_classifier.utils.common import load_json
-from cancer_classifier.utils.images import decode_image
-from cancer_classifier.utils.limits import MAX_SIDE, limit_size
+from cancer_classifier.chest_ct import scoring
+from cancer_classifier.chest_ct.modeling import load_classifier
+from cancer_classifier.chest_ct.scoring import REFERENCE, Variant, resolve_variant
+from cancer_classifier.chest_ct.serving.inputs import Window, dicom_to_rgb
+from cancer_classifier.chest_ct.serving.predictor import Predictor, admitted_variants
+from cancer_classifier.core.images import decode_image
+from cancer_classifier.core.io import load_json
+from cancer_classifier.core.limits import MAX_SIDE, limit_size
+from cancer_classifier.serving.app import create_app
 from tests.conftest import shared_path
 
 LUNG = Window(-600, 1500)

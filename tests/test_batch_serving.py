@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from cancer_classifier.components.dataset import split_files
+from cancer_classifier.chest_ct.components.dataset import split_files
 
 
 @pytest.fixture(scope="module")

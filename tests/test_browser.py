@@ -151,7 +151,7 @@ def submit_and_wait(browser, element_id: str, seconds: float = 30):
 
 
 def breast_test_row(tabular_models) -> dict:
-    from cancer_classifier.components.tabular_data import load_split
+    from cancer_classifier.tabular.components.data import load_split
 
     test, _ = load_split(tabular_models.tabular().ingestion("breast-cancer").root_dir, "test")
     return test.iloc[0].to_dict()

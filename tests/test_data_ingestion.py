@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cancer_classifier.components import data_ingestion
-from cancer_classifier.components.data_ingestion import DataIngestion, DataSourceError, group_split
-from cancer_classifier.components.synthetic import phantom
-from cancer_classifier.utils.common import sha256_file
+from cancer_classifier.chest_ct.components import data_ingestion
+from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion, group_split
+from cancer_classifier.chest_ct.components.synthetic import phantom
+from cancer_classifier.core.errors import DataSourceError
+from cancer_classifier.core.io import sha256_file
 
 ADENO = "adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib"
 

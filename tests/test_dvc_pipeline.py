@@ -121,7 +121,7 @@ def test_a_clone_pulls_the_model_from_a_dvc_remote_and_serves_the_same_answers(r
 
 
 def test_editing_a_component_reruns_only_it_and_its_dependants(repo_copy):
-    evaluation = repo_copy / "src/cancer_classifier/components/evaluation.py"
+    evaluation = repo_copy / "src/cancer_classifier/chest_ct/components/evaluation.py"
     evaluation.write_text(evaluation.read_text() + "\n# touched by the test\n")
     ran = stages_run(run(["dvc", "repro"], repo_copy))
     # register follows only if evaluation's outputs changed: DVC compares hashes, not timestamps

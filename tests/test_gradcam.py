@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cancer_classifier.modeling import PRECISIONS, load_classifier
-from cancer_classifier.scoring import Scorer, Variant
-from cancer_classifier.serving.gradcam import GradCam, overlay, to_png
-from cancer_classifier.utils.images import decode_image
+from cancer_classifier.chest_ct.modeling import PRECISIONS, load_classifier
+from cancer_classifier.chest_ct.scoring import Scorer, Variant
+from cancer_classifier.chest_ct.serving.gradcam import GradCam, overlay, to_png
+from cancer_classifier.core.images import decode_image
 
 
 @pytest.fixture(scope="module")

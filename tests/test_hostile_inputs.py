@@ -378,7 +378,7 @@ def tabular_app():
 
     from cancer_classifier.entity.tabular import ColumnSpec
     from cancer_classifier.serving.errors import register_error_handlers
-    from cancer_classifier.serving.tabular import _payload, parse_rows
+    from cancer_classifier.tabular.serving import _payload, parse_rows
 
     columns = (ColumnSpec("size", "number", minimum=0, maximum=100), ColumnSpec("kind", "category",
                                                                                  categories=("a", "b")))
@@ -410,7 +410,7 @@ def test_tabular_inputs_get_a_short_400(tabular_app, payload, says):
 
 
 def test_the_jpeg_draft_side_is_the_predictors_max_side():
-    from cancer_classifier.serving.inputs import JPEG_DRAFT_SIDE
-    from cancer_classifier.utils import limits
+    from cancer_classifier.chest_ct.serving.inputs import JPEG_DRAFT_SIDE
+    from cancer_classifier.core import limits
 
     assert JPEG_DRAFT_SIDE == limits.MAX_SIDE

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cancer_classifier.components.metrics import bootstrap_intervals, headline_metrics, per_class_metrics
+from cancer_classifier.core.metrics import bootstrap_intervals, headline_metrics, per_class_metrics
 
 
 def test_two_class_metrics_of_the_positive_class():

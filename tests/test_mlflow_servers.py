@@ -31,15 +31,16 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.components.dataset import split_files
+from cancer_classifier.chest_ct.components.dataset import split_files
+from cancer_classifier.chest_ct.scoring import REFERENCE, Variant
+from cancer_classifier.chest_ct.serving.predictor import Predictor
 from cancer_classifier.config import ConfigurationManager
-from cancer_classifier.registration import ModelStore, alias_tag
-from cancer_classifier.scoring import REFERENCE, Variant
-from cancer_classifier.serving import create_app
-from cancer_classifier.serving.predictor import ModelUnavailable, Predictor
-from cancer_classifier.tracking import connect
-from cancer_classifier.utils.common import load_json
-from cancer_classifier.utils.images import decode_image
+from cancer_classifier.core.errors import ModelUnavailable
+from cancer_classifier.core.images import decode_image
+from cancer_classifier.core.io import load_json
+from cancer_classifier.core.registration import ModelStore, alias_tag
+from cancer_classifier.core.tracking import connect
+from cancer_classifier.serving.app import create_app
 from tests.conftest import REPO, TINY_PARAMS, write_project
 
 pytestmark = pytest.mark.slow
@@ -199,7 +200,7 @@ class Project:
         environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, **env}
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", f"cancer_classifier.pipeline.{stage}"],
+            [sys.executable, "-m", f"cancer_classifier.chest_ct.pipeline.{stage}"],
             cwd=self.root,
             env=environment,
             capture_output=True,

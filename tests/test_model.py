@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cancer_classifier.modeling import (
+from cancer_classifier.chest_ct.modeling import (
     Harmonise,
     build_classifier,
     build_head,
@@ -14,7 +14,7 @@ from cancer_classifier.modeling import (
     unfreeze_last_blocks,
     with_head,
 )
-from cancer_classifier.scoring import Scorer, Variant
+from cancer_classifier.chest_ct.scoring import Scorer, Variant
 from tests.conftest import shared_path
 
 

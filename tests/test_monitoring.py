@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cancer_classifier.components.dataset import split_files
-from cancer_classifier.serving import create_app
+from cancer_classifier.chest_ct.components.dataset import split_files
+from cancer_classifier.serving.app import create_app
 from cancer_classifier.serving.monitoring import psi
 from tests.conftest import REPO
 

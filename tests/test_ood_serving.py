@@ -16,12 +16,12 @@ import pydicom
 import pytest
 from PIL import Image, ImageDraw
 
-from cancer_classifier.components.dataset import split_files
-from cancer_classifier.modeling import load_classifier
-from cancer_classifier.ood import REFERENCE_FILE, OODReference
-from cancer_classifier.serving import create_app
-from cancer_classifier.serving.predictor import Predictor
-from cancer_classifier.utils.images import decode_image
+from cancer_classifier.chest_ct.components.dataset import split_files
+from cancer_classifier.chest_ct.modeling import load_classifier
+from cancer_classifier.chest_ct.ood import REFERENCE_FILE, OODReference
+from cancer_classifier.chest_ct.serving.predictor import Predictor
+from cancer_classifier.core.images import decode_image
+from cancer_classifier.serving.app import create_app
 
 # -- fixtures ---------------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from cancer_classifier.chest_ct.scoring import resolve_variant
+from cancer_classifier.chest_ct.serving.predictor import Predictor
 from cancer_classifier.config import ConfigurationManager
-from cancer_classifier.scoring import resolve_variant
-from cancer_classifier.serving.predictor import Predictor
 from tests.conftest import TINY_PARAMS
 from tests.parity import SETTINGS, serve_artifacts, served_parity
 

@@ -12,12 +12,12 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.components.dataset import split_files
-from cancer_classifier.modeling import load_classifier
-from cancer_classifier.scoring import VARIANTS
-from cancer_classifier.tracking import use_experiment
-from cancer_classifier.utils.common import load_json
-from cancer_classifier.utils.images import decode_image
+from cancer_classifier.chest_ct.components.dataset import split_files
+from cancer_classifier.chest_ct.modeling import load_classifier
+from cancer_classifier.chest_ct.scoring import VARIANTS
+from cancer_classifier.core.images import decode_image
+from cancer_classifier.core.io import load_json
+from cancer_classifier.core.tracking import use_experiment
 
 
 def test_training_writes_model_mapping_history_and_demo_metadata(trained_project):
@@ -90,7 +90,7 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
     requirements = (folder / "requirements.txt").read_text().split()
     assert [r for r in requirements if r.startswith("tensorflow")] == [f"tensorflow-cpu=={tf.__version__}"]
     assert all("==" in r for r in requirements) and not any("cancer" in r for r in requirements)
-    assert (folder / "code/cancer_classifier/serving/mlflow_model.py").is_file()
+    assert (folder / "code/cancer_classifier/chest_ct/serving/mlflow_model.py").is_file()
 
 
 def test_evaluation_scores_every_variant_and_records_which_may_be_served(trained_project):

@@ -2,7 +2,7 @@
 completed evaluation. Nothing half-written may be taken as good, and the next run must finish.
 
 Stages run as the real entry points in their own processes (``python -m
-cancer_classifier.pipeline.<stage>``) in a copy of the tiny trained project, and are killed with
+cancer_classifier.chest_ct.pipeline.<stage>``) in a copy of the tiny trained project, and are killed with
 SIGKILL: no clean-up code runs, as when the machine loses power or the OOM killer strikes.
 """
 
@@ -22,12 +22,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.components.data_ingestion import DataIngestion, DataSourceError
-from cancer_classifier.components.synthetic import write_phantoms
-from cancer_classifier.components.training import Training
+from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion
+from cancer_classifier.chest_ct.components.synthetic import write_phantoms
+from cancer_classifier.chest_ct.components.training import Training
+from cancer_classifier.chest_ct.modeling import load_classifier
 from cancer_classifier.config import ConfigurationManager
-from cancer_classifier.modeling import load_classifier
-from cancer_classifier.utils.common import load_json, save_json, sha256_file
+from cancer_classifier.core.errors import DataSourceError
+from cancer_classifier.core.io import load_json, save_json, sha256_file
 from tests.conftest import TINY_PARAMS, merge, write_project
 from tests.test_dvc_pipeline import repo_copy, run, stages_run  # noqa: F401  (repo_copy: its fixture, reused)
 
@@ -38,9 +39,9 @@ PAUSED = "PAUSED"
 # middle of the write every time instead of by luck. Arguments: stage, component, pause_after.
 PAUSING_STAGE = f"""
 import importlib, sys, time
-from cancer_classifier.pipeline._entry import run_stage
+from cancer_classifier.core.stage import run_stage
 stage, component, pause_after = sys.argv[1:4]
-module = importlib.import_module(f"cancer_classifier.components.{{component}}")
+module = importlib.import_module(f"cancer_classifier.chest_ct.components.{{component}}")
 write = module.save_json
 def write_then_pause(path, data):
     write(path, data)
@@ -48,7 +49,7 @@ def write_then_pause(path, data):
         print("{PAUSED}", flush=True)
         time.sleep({STAGE_SECONDS})
 module.save_json = write_then_pause
-entry = importlib.import_module(f"cancer_classifier.pipeline.{{stage}}")
+entry = importlib.import_module(f"cancer_classifier.chest_ct.pipeline.{{stage}}")
 run_stage(entry.STAGE_NAME, entry.main)
 """
 
@@ -59,7 +60,7 @@ def stage_env() -> dict[str, str]:
 
 def run_entry_point(root: Path, stage: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", f"cancer_classifier.pipeline.{stage}"],
+        [sys.executable, "-m", f"cancer_classifier.chest_ct.pipeline.{stage}"],
         cwd=root, env=stage_env(), capture_output=True, text=True, timeout=STAGE_SECONDS,
     )
 
@@ -268,7 +269,8 @@ def test_a_download_cut_short_is_rejected_and_never_used(project, zip_server, tm
 
 def test_prepare_base_model_runs_without_tensorflow():
     """It only describes the base: the pipeline pays no TensorFlow start for it."""
-    check = "import sys; import cancer_classifier.pipeline.prepare_base_model; print('tensorflow' in sys.modules)"
+    stage = "cancer_classifier.chest_ct.pipeline.prepare_base_model"
+    check = f"import sys; import {stage}; print('tensorflow' in sys.modules)"
     imported = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert imported.returncode == 0 and imported.stdout.strip() == "False", imported.stderr[-2000:]
 

@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cancer_classifier.components.data_ingestion import DataIngestion
-from cancer_classifier.components.evaluation import Evaluation
-from cancer_classifier.components.features import Features
-from cancer_classifier.components.prepare_base_model import PrepareBaseModel
-from cancer_classifier.components.registry import Challenger, Comparison, ModelRegistry, promotion_decision
-from cancer_classifier.components.synthetic import write_phantoms
-from cancer_classifier.components.training import Training
+from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion
+from cancer_classifier.chest_ct.components.evaluation import Evaluation
+from cancer_classifier.chest_ct.components.features import Features
+from cancer_classifier.chest_ct.components.prepare_base_model import PrepareBaseModel
+from cancer_classifier.chest_ct.components.registry import Challenger, Comparison, ModelRegistry, promotion_decision
+from cancer_classifier.chest_ct.components.synthetic import write_phantoms
+from cancer_classifier.chest_ct.components.training import Training
 from cancer_classifier.config import ConfigurationManager
-from cancer_classifier.registration import ModelStore
-from cancer_classifier.tracking import connect, use_experiment
-from cancer_classifier.utils.common import StageInputError, TrackingError, load_json
+from cancer_classifier.core.errors import StageInputError, TrackingError
+from cancer_classifier.core.io import load_json
+from cancer_classifier.core.registration import ModelStore
+from cancer_classifier.core.tracking import connect, use_experiment
 from tests.conftest import TINY_PARAMS, merge, run_pipeline, write_project
 
 # One folder of images treated as a real-data source; the same registry for both projects.

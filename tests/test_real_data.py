@@ -6,17 +6,17 @@ Skipped with a reason where the shared data is absent (a user's fresh clone); CI
 import numpy as np
 import pytest
 
-from cancer_classifier.components.data_ingestion import DataIngestion
-from cancer_classifier.components.dataset import split_files
-from cancer_classifier.components.evaluation import Evaluation
-from cancer_classifier.components.features import Features
-from cancer_classifier.components.prepare_base_model import PrepareBaseModel
-from cancer_classifier.components.training import Training
+from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion
+from cancer_classifier.chest_ct.components.dataset import split_files
+from cancer_classifier.chest_ct.components.evaluation import Evaluation
+from cancer_classifier.chest_ct.components.features import Features
+from cancer_classifier.chest_ct.components.prepare_base_model import PrepareBaseModel
+from cancer_classifier.chest_ct.components.training import Training
+from cancer_classifier.chest_ct.modeling import load_classifier
+from cancer_classifier.chest_ct.ood import REFERENCE_FILE, OODReference
+from cancer_classifier.chest_ct.scoring import Scorer
 from cancer_classifier.config import ConfigurationManager
-from cancer_classifier.modeling import load_classifier
-from cancer_classifier.ood import REFERENCE_FILE, OODReference
-from cancer_classifier.scoring import Scorer
-from cancer_classifier.utils.common import load_json
+from cancer_classifier.core.io import load_json
 from tests.conftest import shared_path, write_project
 from tests.parity import REFERENCE_AND_FURTHEST, expected_variant, serve_artifacts, served_parity
 

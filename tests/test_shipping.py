@@ -32,7 +32,7 @@ import pytest
 import yaml
 from docker.utils.build import PatternMatcher
 
-from cancer_classifier.utils.common import sha256_file
+from cancer_classifier.core.io import sha256_file
 from tests.conftest import REPO, TINY_PARAMS, merge
 from tests.tabular_support import run_task, tabular_project
 from tests.test_browser import free_port, wait_ready
@@ -390,7 +390,7 @@ def install_project_wheel(root: Path, target: Path) -> None:
     """The builder's last step: the project (this checkout's src/) as a wheel, unpacked into /app/src."""
     build = root / "build"
     for file in context_files(REPO):
-        if file in ("pyproject.toml", "setup.py") or file.startswith("src/"):
+        if file in ("pyproject.toml", "README.md") or file.startswith("src/"):
             (build / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / file, build / file)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]

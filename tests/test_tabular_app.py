@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from cancer_classifier.components.tabular_data import load_split
-from cancer_classifier.serving import create_app
+from cancer_classifier.serving.app import create_app
+from cancer_classifier.tabular.components.data import load_split
 from tests.tabular_support import COLORECTAL, run_task, tabular_project
 
 

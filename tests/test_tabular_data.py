@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from cancer_classifier.components.tabular_ingestion import TabularDataError, TabularIngestion
-from cancer_classifier.config import ConfigError, ConfigurationManager
+from cancer_classifier.config import ConfigurationManager
+from cancer_classifier.core.errors import ConfigError
 from cancer_classifier.entity import ColumnSpec
-from cancer_classifier.tabular_schema import column_violations
+from cancer_classifier.tabular.components.ingestion import TabularDataError, TabularIngestion
+from cancer_classifier.tabular.schema import column_violations
 from tests.conftest import REPO, shared_path, write_project
 from tests.tabular_support import tabular_project
 

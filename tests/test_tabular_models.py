@@ -9,15 +9,15 @@ import skops.io
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from cancer_classifier.components.metrics import HEADLINE
-from cancer_classifier.components.tabular_data import load_split
-from cancer_classifier.components.tabular_evaluation import TabularEvaluation
-from cancer_classifier.components.tabular_ingestion import TabularIngestion
-from cancer_classifier.components.tabular_registry import TabularRegistry
-from cancer_classifier.components.tabular_training import TabularTraining
-from cancer_classifier.serving.tabular import TabularPredictor
-from cancer_classifier.tabular_model import METADATA_FILE, MODEL_FILE, TabularModel
-from cancer_classifier.utils.common import load_json, save_json
+from cancer_classifier.core.io import load_json, save_json
+from cancer_classifier.core.metrics import HEADLINE
+from cancer_classifier.tabular.components.data import load_split
+from cancer_classifier.tabular.components.evaluation import TabularEvaluation
+from cancer_classifier.tabular.components.ingestion import TabularIngestion
+from cancer_classifier.tabular.components.registry import TabularRegistry
+from cancer_classifier.tabular.components.training import TabularTraining
+from cancer_classifier.tabular.model import METADATA_FILE, MODEL_FILE, TabularModel
+from cancer_classifier.tabular.serving import TabularPredictor
 from tests.tabular_support import tabular_project
 
 DOCKER_LAB = ["mean radius", "mean texture", "mean smoothness", "mean perimeter"]

@@ -4,7 +4,7 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException, RestException, get_error_code
 
-from cancer_classifier.tracking import explain, public_uri
+from cancer_classifier.core.tracking import explain, public_uri
 
 URI = "https://user:secret-token@dagshub.com/u/r.mlflow"
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from cancer_classifier.components.data_ingestion import DataIngestion
-from cancer_classifier.components.dataset import split_files
-from cancer_classifier.components.features import Features, load_features
-from cancer_classifier.components.heads import (
+from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion
+from cancer_classifier.chest_ct.components.dataset import split_files
+from cancer_classifier.chest_ct.components.features import Features, load_features
+from cancer_classifier.chest_ct.components.heads import (
     Candidate,
     HeadTrainer,
     class_weights,
@@ -20,11 +20,12 @@ from cancer_classifier.components.heads import (
     set_standardisation,
     standardisation,
 )
-from cancer_classifier.components.prepare_base_model import PrepareBaseModel
-from cancer_classifier.components.training import Training
-from cancer_classifier.modeling import build_head, load_classifier
-from cancer_classifier.scoring import VARIANTS
-from cancer_classifier.utils.common import StageInputError, load_json
+from cancer_classifier.chest_ct.components.prepare_base_model import PrepareBaseModel
+from cancer_classifier.chest_ct.components.training import Training
+from cancer_classifier.chest_ct.modeling import build_head, load_classifier
+from cancer_classifier.chest_ct.scoring import VARIANTS
+from cancer_classifier.core.errors import StageInputError
+from cancer_classifier.core.io import load_json
 
 
 def test_a_feature_constant_in_training_does_not_explode_on_new_data():

@@ -3,7 +3,7 @@
     python deploy/kubeflow/pipeline.py [--image IMAGE] [--output deploy/kubeflow/pipeline.yaml]
 
 dvc.yaml stays the one description of the stages. Each stage becomes a lightweight Python
-component that runs the stage's own command (``python -m cancer_classifier.pipeline.<stage>``) in
+component that runs the stage's own command (``python -m cancer_classifier.chest_ct.pipeline.<stage>``) in
 the project's image (Dockerfile target registry: the code, no model), and each stage output that a
 later stage depends on becomes a Kubeflow artifact: Kubeflow stores it in the pipeline root (MinIO
 on a standalone install) and hands it to the stages that need it, where it is put back at the path

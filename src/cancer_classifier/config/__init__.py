@@ -1,3 +1,4 @@
-from cancer_classifier.config.configuration import ConfigError, ConfigurationManager
+from cancer_classifier.config.configuration import ConfigurationManager
+from cancer_classifier.core.errors import ConfigError
 
 __all__ = ["ConfigError", "ConfigurationManager"]

@@ -4,10 +4,14 @@ Both files are checked against a schema (missing or unknown keys, wrong types) a
 values before any stage runs; every error names the file, the key and what was expected.
 """
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cancer_classifier.config.schema import NUMBER, OPTIONAL_STR, PROMOTION_METRICS, check_schema, flatten
+from cancer_classifier.config.tabular import TabularConfiguration
+from cancer_classifier.core import settings
+from cancer_classifier.core.errors import ConfigError
+from cancer_classifier.core.io import read_yaml
 from cancer_classifier.entity import (
     AugmentationConfig,
     DataIngestionConfig,
@@ -23,10 +27,6 @@ from cancer_classifier.entity import (
     TrackingConfig,
     TrainingConfig,
 )
-from cancer_classifier.utils.common import read_yaml
-
-if TYPE_CHECKING:
-    from cancer_classifier.config.tabular import TabularConfiguration
 
 CONFIG_FILE_PATH = Path("config/config.yaml")
 PARAMS_FILE_PATH = Path("params.yaml")
@@ -36,10 +36,6 @@ VGG16_CONV_BLOCKS = 5
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 ENGINES = ("auto", "tensorflow", "openvino")
 HEADS = ("logistic", "mlp")  # modeling.build_head's kinds
-PROMOTION_METRICS = ("roc_auc", "accuracy", "f1", "sensitivity", "specificity", "jaccard")
-
-NUMBER = (int, float)
-OPTIONAL_STR = (str, type(None))
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "data_ingestion": {
@@ -138,49 +134,6 @@ PARAMS_SCHEMA: dict[str, Any] = {
 }
 
 
-def _flatten(values: dict, prefix: str = "") -> dict[str, str]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = str(value)
-    return flat
-
-
-class ConfigError(ValueError):
-    """A configuration file is missing a key, has an unknown one, or holds an impossible value."""
-
-
-def _type_names(expected: type | tuple[type, ...]) -> str:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def _check_schema(values: Any, schema: dict[str, Any], file: Path, prefix: str = "") -> None:
-    where = f"{file}: '{prefix.rstrip('.')}'" if prefix else f"{file}"
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping with keys {sorted(schema)}")
-    missing = sorted(set(schema) - set(values))
-    unknown = sorted(set(values) - set(schema))
-    if missing:
-        raise ConfigError(f"{file}: missing key(s) {[prefix + k for k in missing]}")
-    if unknown:
-        raise ConfigError(
-            f"{file}: unknown key(s) {[prefix + k for k in unknown]}; "
-            f"expected only {sorted(prefix + k for k in schema)}"
-        )
-    for key, expected in schema.items():
-        value = values[key]
-        if isinstance(expected, dict):
-            _check_schema(value, expected, file, f"{prefix}{key}.")
-        # bool is an int subclass: true must not pass as a number, nor 1 as a flag.
-        elif isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-            raise ConfigError(
-                f"{file}: '{prefix}{key}' must be {_type_names(expected)}, got {value!r} ({type(value).__name__})"
-            )
-
-
 class ConfigurationManager:
     """Validate config.yaml and params.yaml and hand each stage its frozen settings."""
 
@@ -192,11 +145,11 @@ class ConfigurationManager:
     ) -> None:
         self.config_path = Path(config_path)
         self.params_path = Path(params_path)
-        self.root = Path(project_root) if project_root else Path.cwd()
-        self.config = read_yaml(self.config_path).to_dict()
-        self.params = read_yaml(self.params_path).to_dict()
-        _check_schema(self.config, CONFIG_SCHEMA, self.config_path)
-        _check_schema(self.params, PARAMS_SCHEMA, self.params_path)
+        self.root = Path(project_root) if project_root else settings.project_root()
+        self.config = read_yaml(self.config_path)
+        self.params = read_yaml(self.params_path)
+        check_schema(self.config, CONFIG_SCHEMA, self.config_path)
+        check_schema(self.params, PARAMS_SCHEMA, self.params_path)
         self._check_values()
 
     # -- validation of values the schema cannot express ------------------------------------
@@ -460,7 +413,7 @@ class ConfigurationManager:
     def tracking(self) -> TrackingConfig:
         tracking = self.config["tracking"]
         # The environment wins so that DagsHub or a team server is opt-in without editing files.
-        server = os.environ.get("MLFLOW_TRACKING_URI")
+        server = settings.tracking_uri()
         uri = server or tracking["tracking_uri"]
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = f"sqlite:///{self._path(uri.removeprefix('sqlite:///'))}"
@@ -505,7 +458,7 @@ class ConfigurationManager:
                 drift_alert_psi=float(serving["monitoring"]["drift_alert_psi"]),
                 max_log_bytes=int(serving["monitoring"]["max_log_mb"] * 1024 * 1024),
             ),
-            use_registry=bool(os.environ.get("MLFLOW_TRACKING_URI")),
+            use_registry=settings.tracking_uri() is not None,
             tracking=self.tracking(),
         )
 
@@ -519,13 +472,16 @@ class ConfigurationManager:
             scores_path=self._path(self.config["evaluation"]["scores_file"]),
             promotion_metric=self.params["evaluation"]["promotion_metric"],
             positive_class=self.params["data"]["positive_class"],
-            params=_flatten({group: values for group, values in self.params.items() if group != "tabular"}),
+            params=flatten({group: values for group, values in self.params.items() if group != "tabular"}),
             tracking=self.tracking(),
             serving=self.serving(),
         )
 
-    def tabular(self) -> "TabularConfiguration":
+    def tabular(self) -> TabularConfiguration:
         """The tabular tasks (breast cancer, colorectal survival): their stages' and serving's settings."""
-        from cancer_classifier.config.tabular import TabularConfiguration  # imports this module
-
-        return TabularConfiguration(self)
+        return TabularConfiguration(
+            (self.config_path, self.params_path),
+            (self.config["tabular"], self.params["tabular"]),
+            self._path,
+            self.tracking,
+        )

@@ -5,18 +5,14 @@ Built by ``ConfigurationManager.tabular()``; every error names the file, the key
 """
 
 import dataclasses
-import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from cancer_classifier.config.configuration import (
-    NUMBER,
-    OPTIONAL_STR,
-    PROMOTION_METRICS,
-    ConfigError,
-    ConfigurationManager,
-    _check_schema,
-    _flatten,
-)
+from cancer_classifier.config.schema import NUMBER, OPTIONAL_STR, PROMOTION_METRICS, check_schema, flatten
+from cancer_classifier.core import settings
+from cancer_classifier.core.errors import ConfigError
+from cancer_classifier.entity import TrackingConfig
 from cancer_classifier.entity.tabular import (
     COLUMN_TYPES,
     TASK_KINDS,
@@ -81,19 +77,27 @@ TASK_PARAMS_SCHEMA: dict[str, Any] = {
 NUMERIC_COLUMN_KEYS = {"type", "min", "max", "unit"}
 CATEGORY_COLUMN_KEYS = {"type", "categories"}
 class TabularConfiguration:
-    """The tabular tasks of one ConfigurationManager: checked on construction, entities on demand."""
+    """The tabular sections of one ConfigurationManager's files: checked on construction, entities on demand.
 
-    def __init__(self, manager: ConfigurationManager) -> None:
-        self.manager = manager
-        self.config = manager.config["tabular"]
-        self.params = manager.params["tabular"]
-        self.config_file, self.params_file = manager.config_path, manager.params_path
+    ``resolve`` turns a configured path into the project's; ``tracking`` gives the shared tracking settings.
+    """
+
+    def __init__(
+        self,
+        files: tuple[Path, Path],
+        sections: tuple[dict, dict],
+        resolve: Callable[[str], Path],
+        tracking: Callable[[], TrackingConfig],
+    ) -> None:
+        self.config_file, self.params_file = files
+        self.config, self.params = sections
+        self._resolve, self._shared_tracking = resolve, tracking
         schema = {"root_dir": str, "scores_dir": str, "max_rows": int, "tasks": dict}
-        _check_schema(self.config, schema, self.config_file, "tabular.")
+        check_schema(self.config, schema, self.config_file, "tabular.")
         if self.config["max_rows"] < 1:
             self._fail(self.config_file, "tabular.max_rows", "at least 1", self.config["max_rows"])
         for task, section in self.config["tasks"].items():
-            _check_schema(section, TASK_CONFIG_SCHEMA, self.config_file, f"tabular.tasks.{task}.")
+            check_schema(section, TASK_CONFIG_SCHEMA, self.config_file, f"tabular.tasks.{task}.")
             if section["kind"] not in TASK_KINDS:
                 self._fail(self.config_file, f"tabular.tasks.{task}.kind", f"one of {TASK_KINDS}", section["kind"])
         self._check_params()
@@ -114,7 +118,7 @@ class TabularConfiguration:
 
     def _check_params(self) -> None:
         schema = {"enabled": list} | {task: TASK_PARAMS_SCHEMA for task in self.tasks}
-        _check_schema(self.params, schema, self.params_file, "tabular.")
+        check_schema(self.params, schema, self.params_file, "tabular.")
         enabled = self.params["enabled"]
         if not set(enabled) <= set(self.tasks) or len(set(enabled)) != len(enabled):
             self._fail(self.params_file, "tabular.enabled", f"distinct task names from {list(self.tasks)}", enabled)
@@ -215,7 +219,7 @@ class TabularConfiguration:
         return TabularTask(name=task, title=section["title"], kind=section["kind"])
 
     def _dir(self, task: str, stage: str):
-        return self.manager._path(self.config["root_dir"]) / task / stage
+        return self._resolve(self.config["root_dir"]) / task / stage
 
     def _source(self, task: str) -> str:
         source = self.config["tasks"][task]["source"]
@@ -231,7 +235,7 @@ class TabularConfiguration:
             return source
         if source.startswith(("http://", "https://")):
             return source
-        path = self.manager._path(source)
+        path = self._resolve(source)
         if not path.is_file():
             raise ConfigError(
                 f"{key} is {source!r}, which is not a file; "
@@ -281,7 +285,7 @@ class TabularConfiguration:
             root_dir=self._dir(task, "evaluation"),
             data_dir=self._dir(task, "ingestion"),
             model_dir=self._dir(task, "training"),
-            scores_path=self.manager._path(self.config["scores_dir"]) / f"{task}.json",
+            scores_path=self._resolve(self.config["scores_dir"]) / f"{task}.json",
             cv_folds=evaluation["cv_folds"],
             bootstrap_resamples=evaluation["bootstrap_resamples"],
             seed=evaluation["seed"],
@@ -290,7 +294,7 @@ class TabularConfiguration:
     def _tracking(self, task: str):
         section = self.config["tasks"][task]
         return dataclasses.replace(
-            self.manager.tracking(), experiment=section["experiment"], registered_model=section["registered_model"]
+            self._shared_tracking(), experiment=section["experiment"], registered_model=section["registered_model"]
         )
 
     def registry(self, task: str) -> TabularRegistryConfig:
@@ -302,7 +306,7 @@ class TabularConfiguration:
             model_dir=self._dir(task, "training"),
             evaluation_dir=self._dir(task, "evaluation"),
             promotion_metric=self.params[task]["evaluation"]["promotion_metric"],
-            params=_flatten(self.params[task], f"tabular.{task}."),
+            params=flatten(self.params[task], f"tabular.{task}."),
             tracking=self._tracking(task),
         )
 
@@ -315,7 +319,7 @@ class TabularConfiguration:
                 registration_file=self._dir(task, "register") / "registration.json",
                 required=task in self.enabled,
                 max_rows=self.config["max_rows"],
-                use_registry=bool(os.environ.get("MLFLOW_TRACKING_URI")),
+                use_registry=settings.tracking_uri() is not None,
                 tracking=self._tracking(task),
             )
             for task in self.tasks

@@ -13,24 +13,22 @@ when SERVING_CONFIG or PREDICTOR is given) and
 """
 
 import re
-import threading
 import time
 import uuid
 from io import BytesIO
-from pathlib import Path
 
 from flask import Flask, Request, g, request
 
+from cancer_classifier.chest_ct.serving import inputs
+from cancer_classifier.chest_ct.serving.inputs import DEFAULT_WINDOW, Window
+from cancer_classifier.chest_ct.serving.predictor import PredictorHolder
+from cancer_classifier.core import settings
 from cancer_classifier.entity import ServingConfig, TabularServingConfig
-from cancer_classifier.serving import inputs, metrics
-from cancer_classifier.serving.errors import ServiceUnavailable, register_error_handlers
-from cancer_classifier.serving.inputs import DEFAULT_WINDOW, Window
+from cancer_classifier.serving import metrics
+from cancer_classifier.serving.errors import register_error_handlers
 from cancer_classifier.serving.logs import configure_json_logging
 from cancer_classifier.serving.monitoring import DriftMonitor
-from cancer_classifier.serving.predictor import ModelUnavailable, Predictor
-from cancer_classifier.utils.logging import logger
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/cancer_classifier/serving/app.py -> repo
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -72,56 +70,6 @@ class DeadlineInput:
             yield line
 
 
-class ModelHolder:
-    """The app's one Predictor, or the reason there is none; looks again now and then if missing."""
-
-    def __init__(self, config: ServingConfig | None, retry_seconds: float, predictor: Predictor | None = None) -> None:
-        self.config = config
-        self.retry_seconds = retry_seconds
-        self.predictor = predictor
-        self.reason = "" if predictor else "the model has not been loaded yet"
-        self._last_attempt = float("-inf")
-        self._lock = threading.Lock()
-
-    def load(self) -> None:
-        with self._lock:
-            if self.predictor is not None or self.config is None:
-                return
-            self._last_attempt = time.monotonic()
-            try:
-                self.predictor = self._create()
-            except ModelUnavailable as error:
-                self.reason = str(error)
-                self._loaded(False)
-                return
-            except Exception:  # e.g. the warm-up prediction failed: keep serving /health and say so
-                logger.exception("the model could not be loaded")
-                self.reason = "the model could not be loaded (see the server log); retrain it with `dvc repro`"
-                self._loaded(False)
-                return
-            self.reason = ""
-            self._loaded(True)
-
-    def _create(self) -> Predictor:
-        return Predictor.from_config(self.config)
-
-    def _loaded(self, ok: bool) -> None:
-        metrics.MODEL_LOADED.set(int(ok))
-        if ok:
-            metrics.MODEL_LOAD_SECONDS.set(self.predictor.load_seconds or 0)
-
-    def get(self) -> Predictor | None:
-        if self.predictor is None and time.monotonic() - self._last_attempt >= self.retry_seconds:
-            self.load()
-        return self.predictor
-
-    def require(self) -> Predictor:
-        predictor = self.get()
-        if predictor is None:
-            raise ServiceUnavailable(f"no model is being served: {self.reason}")
-        return predictor
-
-
 def _serving_config() -> ServingConfig:
     from cancer_classifier.config import ConfigurationManager
 
@@ -138,8 +86,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     test_config = dict(test_config or {})
     app = Flask(
         __name__,
-        template_folder=str(PROJECT_ROOT / "templates"),
-        static_folder=str(PROJECT_ROOT / "static"),
+        template_folder=str(settings.TEMPLATES_DIR),
+        static_folder=str(settings.STATIC_DIR),
     )
     app.request_class = InMemoryRequest
     app.json.sort_keys = False  # probabilities keep the model's class order
@@ -173,7 +121,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
 
     access_log = configure_json_logging()
-    holder = ModelHolder(config, float(app.config["MODEL_RETRY_SECONDS"]), predictor)
+    holder = PredictorHolder(config, float(app.config["MODEL_RETRY_SECONDS"]), predictor)
     if predictor is not None:
         metrics.MODEL_LOADED.set(1)
     else:
@@ -183,8 +131,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_error_handlers(app)
     _register_request_hooks(app, access_log)
 
-    from cancer_classifier.serving import tabular as tabular_tasks
-    from cancer_classifier.serving.routes import api, pages
+    from cancer_classifier.chest_ct.serving.routes import api, pages
+    from cancer_classifier.tabular import serving as tabular_tasks
 
     app.register_blueprint(pages)
     app.register_blueprint(api)

@@ -11,14 +11,14 @@ from pathlib import Path
 from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
-from cancer_classifier.utils.logging import logger
+from cancer_classifier.core import settings
+from cancer_classifier.core.logging import logger
 
 SUPPORTED_TYPES = "PNG, JPEG or DICOM"
 # A value or field name quoted back to the client (and into the log) is cut to this many characters.
 MAX_ECHO_CHARS = 60
 # No error message, however built, is longer than this in a reply or a log line.
 MAX_MESSAGE_CHARS = 1000
-PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/cancer_classifier/serving/errors.py -> repo
 # An absolute path in a message: "/" then path characters, up to a space, quote, bracket or colon.
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"()\[\]{}<>:;,]+")
 
@@ -38,7 +38,7 @@ def public_text(text: str, root: Path | None = None) -> str:
     """``text`` without absolute server paths: those under the project become relative, others their
     file name. A path counts when it has two parts or more and its first folder exists here (so a
     route such as /predict/<task> is left alone)."""
-    root = root or _project_root()
+    root = root or settings.project_root()
 
     def relative(match: re.Match) -> str:
         found = match.group(0)
@@ -46,7 +46,7 @@ def public_text(text: str, root: Path | None = None) -> str:
         if len(parts) < 3 or not Path("/", parts[1]).is_dir():
             return found
         path = Path(found)
-        for base in (root, PROJECT_ROOT):
+        for base in (root, settings.CHECKOUT_DIR):
             try:
                 return str(path.relative_to(base))
             except ValueError:
@@ -54,14 +54,6 @@ def public_text(text: str, root: Path | None = None) -> str:
         return path.name or "."
 
     return ABSOLUTE_PATH.sub(relative, text)
-
-
-def _project_root() -> Path:
-    """The served project's folder: gunicorn runs in it (the ConfigurationManager's default root)."""
-    try:
-        return Path.cwd().resolve()
-    except OSError:
-        return PROJECT_ROOT
 
 
 class ApiError(Exception):

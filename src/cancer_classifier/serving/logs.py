@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from cancer_classifier.utils.logging import LOGGER_NAME as PACKAGE_LOGGER
+from cancer_classifier.core.logging import LOGGER_NAME as PACKAGE_LOGGER
 
 ACCESS_LOGGER = f"{PACKAGE_LOGGER}.serving.access"
 

@@ -6,11 +6,12 @@ set (gunicorn.conf.py sets it) prometheus_client writes them to files there and 
 aggregates every worker's. The variable must be set before prometheus_client is imported.
 """
 
-import os
 import struct
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cancer_classifier.core import settings
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 EMPTY_FILE_RETRIES = 5  # reads of /metrics while a worker creates its metrics file (10 ms apart)
@@ -67,7 +68,7 @@ def observe(endpoint: str, method: str, status: int, seconds: float) -> None:
 
 
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    return settings.metrics_dir()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -1,1 +1,0 @@
-"""Thin stage entry points: ``python -m cancer_classifier.pipeline.<stage>``."""
