@@ -12,6 +12,7 @@ from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from cancer_classifier.core import settings
+from cancer_classifier.core.errors import CancerClassifierError
 from cancer_classifier.core.logging import logger
 
 SUPPORTED_TYPES = "PNG, JPEG or DICOM"
@@ -56,7 +57,7 @@ def public_text(text: str, root: Path | None = None) -> str:
     return ABSOLUTE_PATH.sub(relative, text)
 
 
-class ApiError(Exception):
+class ApiError(CancerClassifierError):
     """An error the client can act on: HTTP status plus a message safe to show."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -133,9 +134,12 @@ def _reply(status: int, message: str):
 
 
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(error: ApiError):
-        return _reply(error.status, error.message)
+    @app.errorhandler(CancerClassifierError)
+    def user_error(error: CancerClassifierError):
+        """The package's errors carry their HTTP status (core/errors.py); ApiError's message may be amended."""
+        if error.status >= 500:
+            logger.error("request %s: %s", g.get("request_id", "-"), error)
+        return _reply(error.status, getattr(error, "message", str(error)))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
