@@ -1,7 +1,7 @@
 """Training and serving speed: the classic recipe against our pipeline, on the same data and machine.
 
-    python benchmarks/benchmark.py            # full run; writes benchmarks/results.md and results.json
-    python benchmarks/benchmark.py --quick    # end-to-end check in minutes; writes only to a temp folder
+    python -m benchmarks.benchmark            # full run; writes benchmarks/results.md and results.json
+    python -m benchmarks.benchmark --quick    # end-to-end check in minutes; writes only to a temp folder
 
 Run from the repository root with the project's environment active. Steps, all in one run:
 
@@ -63,12 +63,12 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from benchmarks.load_test import loopback_only, send
+
 if TYPE_CHECKING:  # TensorFlow loads only where a step needs it: --help and the parent's setup stay fast
     import keras
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))  # benchmark this checkout's code, whatever is installed
-from load_test import loopback_only, send  # noqa: E402  (benchmarks/ is on sys.path: this script's folder)
 
 SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()
 DATA_SOURCE = SHARED / "data/chest-ct/train"
@@ -207,7 +207,8 @@ def run_measured(args: list[str], cwd: Path, log: Path, show_stderr: bool = Fals
 
 
 def run_stage(stage: str, project: Path, logs: Path) -> Measured:
-    return run_measured([sys.executable, "-m", f"cancer_classifier.chest_ct.pipeline.{stage}"], project, logs / f"{stage}.log")
+    command = [sys.executable, "-m", f"cancer_classifier.chest_ct.pipeline.{stage}"]
+    return run_measured(command, project, logs / f"{stage}.log")
 
 
 # -- the shared data ---------------------------------------------------------------------------

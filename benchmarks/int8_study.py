@@ -1,7 +1,7 @@
 """Would int8 pay? Post-training quantisation of the frozen base, against the issue's gate.
 
     pip install nncf==3.4.0 ninja==1.13.0 safetensors==0.7.0   # once: the study only, not the product
-    python benchmarks/int8_study.py --project <a folder where `dvc repro` ran on real data>
+    python -m benchmarks.int8_study --project <a folder where `dvc repro` ran on real data>
 
 The base (VGG16 preprocessing, conv layers, pooling), converted to OpenVINO as the product does, is
 quantised to int8 by NNCF with a calibration set of harmonised training-split images. The test

@@ -1,7 +1,7 @@
 """Bounded load test of the prediction API on loopback: latency percentiles, throughput, errors.
 
     gunicorn app:app -c gunicorn.conf.py &            # or any running instance on 127.0.0.1
-    python benchmarks/load_test.py --requests 200 --concurrency 4
+    python -m benchmarks.load_test --requests 200 --concurrency 4
 
 Sends a fixed number of multipart uploads of one image (default: a 512x512 synthetic CT phantom
 PNG) and stops early at --max-seconds. Refuses any target that is not loopback.

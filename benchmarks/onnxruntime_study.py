@@ -1,7 +1,7 @@
 """Would ONNX Runtime pay as an engine for the frozen base? TensorFlow float32 stays the reference.
 
     pip install --no-deps --target /tmp/ort-lib onnxruntime==1.32.0 tf2onnx==1.17.0 onnx==1.23.2  # study only
-    PYTHONPATH=/tmp/ort-lib python benchmarks/onnxruntime_study.py          # from the repository root
+    PYTHONPATH=/tmp/ort-lib python -m benchmarks.onnxruntime_study          # from the repository root
 
 (--no-deps: their requirements are already met by the project's environment, whose numpy, protobuf and
 TensorFlow must not be shadowed.) The part OpenVINO converts (``scoring.to_openvino``: VGG16 preprocessing,

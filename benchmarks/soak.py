@@ -1,7 +1,7 @@
 """Soak test of the served API on loopback: real CT uploads mixed with bad inputs, for a fixed time.
 
-    python benchmarks/soak.py --project /path/to/trained/project      # starts gunicorn itself
-    python benchmarks/soak.py --url http://127.0.0.1:8080 --master-pid 1234   # a running gunicorn
+    python -m benchmarks.soak --project /path/to/trained/project      # starts gunicorn itself
+    python -m benchmarks.soak --url http://127.0.0.1:8080 --master-pid 1234   # a running gunicorn
 
 Starts gunicorn (gunicorn.conf.py, WEB_CONCURRENCY workers, 127.0.0.1 only) in the project folder
 unless --url is given, then sends concurrent uploads for --seconds (stopping earlier at
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-# benchmarks/ is on sys.path (this script's folder, or put there by the tests that import it).
-from load_test import default_image, loopback_only, multipart, send
 from tqdm import tqdm
+
+from benchmarks.load_test import default_image, loopback_only, multipart, send
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()

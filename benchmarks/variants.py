@@ -1,7 +1,7 @@
 """Compare settings on the real chest CT data, side by side on the same split.
 
-    python benchmarks/variants.py --vary base_model.harmonise=false,true                 # harmonisation
-    python benchmarks/variants.py --vary features.precision=float32,mixed_bfloat16 --tasks two
+    python -m benchmarks.variants --vary base_model.harmonise=false,true                 # harmonisation
+    python -m benchmarks.variants --vary features.precision=float32,mixed_bfloat16 --tasks two
 
 For each task (``two``: adenocarcinoma vs normal; ``four``: the four classes) and each value of the
 varied params key, it runs the pipeline on the same de-duplicated, seeded split (pretrained weights

@@ -5,20 +5,17 @@ people use. Shared by the tests of the tiny model, the default demo and the real
 import csv
 import json
 import shutil
-import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from benchmarks.load_test import multipart
+from benchmarks.soak import Gunicorn, get_json
 
 from cancer_classifier.chest_ct.scoring import REFERENCE, VARIANTS, Variant
 from cancer_classifier.chest_ct.serving.predictor import admitted_variants
-from tests.conftest import REPO, merge, write_project
-
-sys.path.insert(0, str(REPO / "benchmarks"))  # soak.py and load_test.py are scripts, not a package
-from load_test import multipart  # noqa: E402
-from soak import Gunicorn, get_json  # noqa: E402
+from tests.conftest import merge, write_project
 
 # The parity rule: median and largest probability difference, share of equal labels.
 MEDIAN_TOLERANCE, MAX_TOLERANCE, SAME_LABEL_RATE = 0.005, 0.05, 0.97

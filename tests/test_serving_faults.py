@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,12 +16,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from benchmarks.load_test import default_image, multipart, send
+from benchmarks.soak import Gunicorn, get_json, wait_until
 
-from tests.conftest import REPO, TINY_PARAMS, merge, write_project
-
-sys.path.insert(0, str(REPO / "benchmarks"))  # soak.py and load_test.py are scripts, not a package
-from load_test import default_image, multipart, send  # noqa: E402
-from soak import Gunicorn, get_json, wait_until  # noqa: E402
+from tests.conftest import TINY_PARAMS, merge, write_project
 
 BOOT_SECONDS = 120  # TensorFlow and the model load in every worker: seconds each on 2 busy cores
 # serving/app.py's default for how often a missing model is looked for again. gunicorn's app:app
