@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from cancer_classifier.core.errors import ConfigError
+from cancer_classifier.core.errors import ConfigError, StageInputError
 
 YAML_BOOL = "tag:yaml.org,2002:bool"
 
@@ -76,6 +76,13 @@ def save_json(path: Path, data: Any) -> None:
 
 def load_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def load_output(path: Path, stage: str) -> Any:
+    """Another stage's JSON output; missing, it is a stage input error naming the stage to run."""
+    if not Path(path).is_file():
+        raise StageInputError(f"{path} not found: run the {stage} stage first (dvc repro)")
+    return load_json(path)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -28,7 +28,7 @@ from cancer_classifier.chest_ct.modeling import INPUT_REFERENCE_FILE, MODEL_FILE
 from cancer_classifier.chest_ct.ood import REFERENCE_FILE
 from cancer_classifier.chest_ct.scoring import REFERENCE, Scorer
 from cancer_classifier.core.errors import StageInputError
-from cancer_classifier.core.io import load_json, save_json, sha256_file
+from cancer_classifier.core.io import load_json, load_output, save_json, sha256_file
 from cancer_classifier.core.metrics import headline_metrics
 from cancer_classifier.core.promotion import (
     Challenger,
@@ -115,7 +115,7 @@ class ModelRegistry:
 
     def run(self) -> dict:
         config, tracking = self.config, self.config.tracking
-        evaluation = load_json(config.evaluation_dir / "evaluation.json")
+        evaluation = load_output(config.evaluation_dir / "evaluation.json", "evaluation")
         if evaluation.get("model_sha256") != sha256_file(config.model_dir / MODEL_FILE):
             raise StageInputError(
                 f"{config.evaluation_dir / 'evaluation.json'} scored another model than "
@@ -154,7 +154,7 @@ class ModelRegistry:
             # which images trained and tested this version: a later challenger's comparison leaves them out
             mlflow.log_artifact(str(config.data_dir / "manifest.csv"), artifact_path="data")
 
-        training = load_json(config.model_dir / "training_info.json")
+        training = load_output(config.model_dir / "training_info.json", "training")
         version = register(store, decision, champion, "evaluate-register", training, log, self.save_model, tags)
         return save_record(
             config.root_dir, store, version, decision, metric, challenger.score, evaluation["model_sha256"]

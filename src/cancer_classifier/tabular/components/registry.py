@@ -11,7 +11,7 @@ import mlflow.sklearn
 import numpy as np
 from mlflow.models import infer_signature
 
-from cancer_classifier.core.io import load_json, save_json, sha256_file
+from cancer_classifier.core.io import load_output, save_json, sha256_file
 from cancer_classifier.core.metrics import headline_metrics
 from cancer_classifier.core.promotion import (
     Challenger,
@@ -36,7 +36,7 @@ class TabularRegistry:
 
     def run(self) -> dict:
         config, tracking = self.config, self.config.tracking
-        evaluation = load_json(config.evaluation_dir / "evaluation.json")
+        evaluation = load_output(config.evaluation_dir / "evaluation.json", "tabular_evaluation")
         model = TabularModel.load(config.model_dir)
         tags = {
             "task": config.task.name,
