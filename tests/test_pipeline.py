@@ -18,6 +18,7 @@ from cancer_classifier.chest_ct.scoring import VARIANTS
 from cancer_classifier.core.images import decode_image
 from cancer_classifier.core.io import load_json
 from cancer_classifier.core.tracking import use_experiment
+from tests.parity import COMPUTABLE
 
 
 def test_training_writes_model_mapping_history_and_demo_metadata(trained_project):
@@ -38,7 +39,7 @@ def test_evaluation_uses_only_the_held_out_test_split(trained_project):
     with open(config.root_dir / "predictions.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert {row["split"] for row in rows} == {"test"}  # the tiny project has no external test set
-    assert {row["variant"] for row in rows} == {str(v) for v in VARIANTS}
+    assert {row["variant"] for row in rows} == {str(v) for v in COMPUTABLE}
     predicted = [row["file"] for row in rows if row["variant"] == "tensorflow/float32"]
     assert sorted(predicted) == sorted(path.rsplit("/", 1)[1] for path in test_files)
     assert not set(predicted) & {path.rsplit("/", 1)[1] for path in train_files}
@@ -70,8 +71,9 @@ def test_model_is_registered_with_alias_tags_and_loads_back_through_mlflow(train
         load_json(trained_project.evaluation().root_dir / "evaluation.json")["metrics"]["roc_auc"]
     )
     assert run.data.tags["data_manifest_sha256"] and run.data.tags["base_weights"] == "none"
-    assert run.data.tags["servable_variants"].split(",") == [str(v) for v in VARIANTS]
-    assert {"test_openvino_mixed_bfloat16_roc_auc", "test_openvino_float32_label_changes"} <= set(run.data.metrics)
+    assert run.data.tags["servable_variants"].split(",") == [str(v) for v in COMPUTABLE]
+    assert {f"test_{str(v).replace('/', '_')}_roc_auc" for v in COMPUTABLE[1:]} <= set(run.data.metrics)
+    assert "test_openvino_float32_label_changes" in run.data.metrics
     training_run = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert any(name.startswith("cv_roc_auc_") for name in training_run.data.metrics)  # the head selection
     paths, _ = split_files(trained_project.evaluation().data_dir, "test")
@@ -97,7 +99,9 @@ def test_evaluation_scores_every_variant_and_records_which_may_be_served(trained
     report = load_json(trained_project.evaluation().root_dir / "evaluation.json")
     serving = report["serving_variants"]
     assert report["variant"] == serving["reference"] == "tensorflow/float32"
-    assert set(serving["variants"]) == {str(v) for v in VARIANTS} - {"tensorflow/float32"}
+    assert set(serving["variants"]) == {str(v) for v in COMPUTABLE} - {"tensorflow/float32"}
+    for variant in set(VARIANTS) - set(COMPUTABLE):  # never scored, so never served, and the verdict says why
+        assert f"{variant} was not measured" in serving["verdict"]
     for variant, by_split in serving["variants"].items():
         agreement = by_split["test"]
         assert agreement["images"] == report["test_images"], variant
@@ -106,9 +110,9 @@ def test_evaluation_scores_every_variant_and_records_which_may_be_served(trained
     # OpenVINO float32 computes the same function as TensorFlow float32, to float32 rounding.
     assert serving["variants"]["openvino/float32"]["test"]["max_probability_difference"] < 1e-4
     # The tiny project's tolerance admits every variant, so the app's paths are all exercised by the tests.
-    assert serving["servable"] == [str(v) for v in VARIANTS] and "may NOT" not in serving["verdict"]
+    assert serving["servable"] == [str(v) for v in COMPUTABLE] and "may NOT" not in serving["verdict"]
     scores = json.loads(trained_project.evaluation().scores_path.read_text())
-    assert scores["variants"]["openvino/mixed_bfloat16"]["servable"] is True and scores["external"] is None
+    assert scores["variants"][str(COMPUTABLE[-1])]["servable"] is True and scores["external"] is None
     card = load_json(trained_project.evaluation().root_dir / "model_card.json")
     assert card["serving_variants"]["servable"] == serving["servable"]
     assert "Served variants" in (trained_project.evaluation().root_dir / "model_card.md").read_text()

@@ -6,6 +6,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+import yaml
 from sklearn.linear_model import LogisticRegression
 
 from cancer_classifier.chest_ct.components.data_ingestion import DataIngestion
@@ -16,6 +17,7 @@ from cancer_classifier.chest_ct.components.heads import (
     HeadTrainer,
     class_weights,
     epoch_step,
+    mean_curve,
     select_head,
     set_standardisation,
     standardisation,
@@ -26,6 +28,8 @@ from cancer_classifier.chest_ct.modeling import build_head, load_classifier
 from cancer_classifier.chest_ct.scoring import VARIANTS
 from cancer_classifier.core.errors import StageInputError
 from cancer_classifier.core.io import load_json
+from tests.conftest import REPO
+from tests.parity import COMPUTABLE
 
 
 def test_a_feature_constant_in_training_does_not_explode_on_new_data():
@@ -91,7 +95,8 @@ def test_the_mlp_stops_early_and_keeps_its_best_epoch(trained_project):
 
 
 def test_a_compiled_epoch_steps_as_keras_train_on_batch_with_class_weights():
-    """The MLP's compiled epoch makes the very updates of Keras's own loop (Adam, class weights)."""
+    """The MLP's compiled epoch makes the very updates of Keras's own loop (Adam, class weights), and
+    reports the epoch's training loss as Keras does: the batches' losses, weighted by batch size."""
     features, labels, _ = separable_features(70, 3, 2)
     order, weights = np.random.default_rng(1).permutation(70), class_weights(labels, 3)
     keras.utils.set_random_seed(0)
@@ -101,11 +106,17 @@ def test_a_compiled_epoch_steps_as_keras_train_on_batch_with_class_weights():
         set_standardisation(head, *standardisation(features))
     reference.set_weights(ours.get_weights())
     row_weights = np.array([weights[label] for label in labels], "float32")
-    loss = epoch_step(ours, keras.optimizers.Adam(0.01), 16)(features, labels, row_weights, order, features, labels)
+    step = epoch_step(ours, keras.optimizers.Adam(0.01), 16)
+    train_loss, loss = step(features, labels, row_weights, order, features, labels)
     reference.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    batch_losses = []
     for start in range(0, 70, 16):
         rows = order[start : start + 16]
+        weighted = keras.losses.SparseCategoricalCrossentropy()
+        batch_losses.append(float(weighted(labels[rows], reference(features[rows]), sample_weight=row_weights[rows])))
         reference.train_on_batch(features[rows], labels[rows], class_weight=weights)
+    sizes = [len(order[start : start + 16]) for start in range(0, 70, 16)]
+    assert float(train_loss) == pytest.approx(np.average(batch_losses, weights=sizes), rel=1e-4)
     for got, expected in zip(ours.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     after = np.mean(keras.losses.sparse_categorical_crossentropy(labels, reference(features)))
@@ -135,6 +146,20 @@ def test_head_selection_cross_validates_every_candidate_and_refits_the_best(trai
     assert report["rows"] == 80 and report["refit"] == "train + val" and "cross-validated" in report["reason"]
     assert best > 0.95  # the classes are separable in the first dimensions
     assert (head.predict(features, verbose=0).argmax(axis=1) == labels).mean() > 0.9
+    # the MLP's losses per epoch in the folds, averaged over the folds still training at each epoch
+    curve = report["curve"]
+    assert curve["epoch"] == list(range(1, len(curve["epoch"]) + 1)) and len(curve["epoch"]) <= config.epochs
+    assert len(curve["train_loss"]) == len(curve["val_loss"]) == len(curve["folds"]) == len(curve["epoch"])
+    assert curve["folds"][0] == 4 and curve["folds"] == sorted(curve["folds"], reverse=True)
+    assert np.isfinite(curve["train_loss"] + curve["val_loss"]).all() and curve["train_loss"][-1] < curve["train_loss"][0]
+    logistic_only = dataclasses.replace(config, head_candidates=("logistic",))
+    assert select_head(HeadTrainer(logistic_only, 2, 8, 0.1), features, labels, groups, 4, 0)[1]["curve"] is None
+
+
+def test_mean_curve_averages_the_folds_that_reached_each_epoch():
+    curve = mean_curve([[(1.0, 2.0), (0.5, 1.0), (0.25, 1.5)], [(3.0, 4.0)]])
+    assert curve == {"epoch": [1, 2, 3], "train_loss": [2.0, 0.5, 0.25], "val_loss": [3.0, 1.0, 1.5], "folds": [2, 1, 1]}
+    assert mean_curve([]) == {"epoch": [], "train_loss": [], "val_loss": [], "folds": []}
 
 
 def test_too_few_image_groups_for_the_folds_is_a_clear_error(trained_project):
@@ -155,6 +180,31 @@ def test_features_are_cached_per_view_and_the_head_trains_on_them(trained_projec
     assert info["variant"] in {str(v) for v in VARIANTS}
 
 
+def read_curve(path) -> tuple[list[int], list[float]]:
+    """A dvclive curve file: its steps and values (columns step and the metric)."""
+    header, *rows = path.read_text().splitlines()
+    assert header.split("\t") == ["step", path.stem]
+    return [int(r.split("\t")[0]) for r in rows], [float(r.split("\t")[1]) for r in rows]
+
+
+def test_training_logs_the_head_curves_through_dvclive_where_dvc_yaml_plots_them(trained_project):
+    out = trained_project.training().root_dir
+    curve = load_json(out / "history.json")["head_selection"]["curve"]
+    for split in ("train", "val"):
+        steps, values = read_curve(out / f"dvclive/plots/metrics/head/{split}/loss.tsv")
+        assert steps == curve["epoch"] and values == pytest.approx(curve[f"{split}_loss"])
+    assert not (out / "dvclive/plots/metrics/fine_tune").exists()  # the tiny project does not fine-tune
+    plotted = {
+        file
+        for plot in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+        if isinstance(plot, dict)
+        for definition in plot.values()
+        for file in definition.get("y", {})
+    }
+    root_dir = yaml.safe_load((REPO / "config/config.yaml").read_text())["training"]["root_dir"]
+    assert {f"{root_dir}/dvclive/plots/metrics/head/{split}/loss.tsv" for split in ("train", "val")} <= plotted
+
+
 def test_input_reference_describes_the_training_split(trained_project):
     reference = load_json(trained_project.training().root_dir / "input_reference.json")
     assert reference["images"] == len(split_files(trained_project.training().data_dir, "train")[0])
@@ -166,9 +216,11 @@ def test_input_reference_describes_the_training_split(trained_project):
 
 
 def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32(project):
+    # features in bfloat16 from the other engine where this CPU computes it (OpenVINO needs AVX-512)
+    forced = [v for v in COMPUTABLE if v.precision == "mixed_bfloat16"][-1]
     manager = project(
         params={
-            "features": {"precision": "mixed_bfloat16", "engine": "openvino"},
+            "features": {"precision": "mixed_bfloat16", "engine": forced.engine},
             "training": {
                 "epochs": 3,
                 "head": {"candidates": ["logistic"], "logistic_c": [1.0], "cv_folds": 2},
@@ -191,5 +243,12 @@ def test_fine_tuning_in_bfloat16_moves_only_the_unfrozen_block_and_saves_float32
     assert after.get_layer("block5_conv3").dtype_policy.name == "float32"
     info = load_json(manager.training().root_dir / "training_info.json")
     assert info["precision"] == "mixed_bfloat16" and info["fine_tune_epochs"] == 1
+    # fine-tuning's Keras history, per split, through dvclive (`dvc plots show -x step .../fine_tune`)
+    history = load_json(manager.training().root_dir / "history.json")["fine_tune"]
+    curves = manager.training().root_dir / "dvclive/plots/metrics/fine_tune"
+    for split, metric in [("train", "loss"), ("val", "loss"), ("train", "accuracy"), ("val", "accuracy")]:
+        keras_name = metric if split == "train" else f"val_{metric}"
+        assert read_curve(curves / split / f"{metric}.tsv") == ([1], pytest.approx(history[keras_name]))
+    assert not (manager.training().root_dir / "dvclive/plots/metrics/head").exists()  # no MLP candidate here
     # the features (before and after fine-tuning) came from the forced engine; fine-tuning is TensorFlow's
-    assert load_json(manager.features().root_dir / "features_info.json")["variant"] == "openvino/mixed_bfloat16"
+    assert load_json(manager.features().root_dir / "features_info.json")["variant"] == str(forced)
