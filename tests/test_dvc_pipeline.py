@@ -85,6 +85,32 @@ def test_default_dvc_repro_completes_and_the_demo_model_learns(repo_copy, tmp_pa
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo_copy)
 
 
+def dvc_json(args: list[str], cwd: Path) -> dict:
+    """A dvc command's --json answer (stdout only: warnings go to stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(["dvc", *args, "--json"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_dvc_shows_every_interval_bound_and_the_training_curves(repo_copy):
+    """After the default `dvc repro`: the metric files' bounds are scalars `dvc metrics show` keeps (it drops
+    lists), and the training stage's dvclive curves load as the plot dvc.yaml defines, with every other plot."""
+    shown = dvc_json(["metrics", "show"], repo_copy)[""]["data"]
+    for path in ("scores.json", "scores/breast-cancer.json"):
+        metrics = shown[path]["data"]
+        for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1", "jaccard", "brier"):
+            assert metrics[f"{name}_ci95_low"] <= metrics[name] <= metrics[f"{name}_ci95_high"], (path, name)
+    assert "baseline_roc_auc_ci95_low" in shown["scores.json"]["data"]
+    plots = dvc_json(["plots", "show"], repo_copy)
+    assert not plots.get("errors"), plots["errors"]
+    (curve,) = plots["data"]["Head loss per epoch (MLP candidate, cross-validation mean)"]
+    points = curve["content"]["data"]["values"]
+    assert {p["filename"] for p in points} == {"train/loss.tsv", "val/loss.tsv"}
+    assert min(int(p["step"]) for p in points) == 1  # step = epoch
+
+
 @pytest.mark.parametrize("setting", REFERENCE_AND_FURTHEST)
 def test_the_default_demo_is_served_as_it_was_evaluated(repo_copy, tmp_path, setting):
     """Runs before the tests below change the copy: the model `dvc repro` just made, over HTTP."""

@@ -44,3 +44,22 @@ def test_bootstrap_interval_is_seeded_contains_the_estimate_and_narrows_with_dat
     y_big, proba_big = case(1000)
     wide, narrow = first["roc_auc"], bootstrap_intervals(y_big, proba_big, 1, 300, 1)["roc_auc"]
     assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+
+
+def test_the_metric_files_hold_each_interval_bound_as_a_scalar():
+    """`dvc metrics show` and `dvc exp show` drop lists: each bound is a number of its own."""
+    from cancer_classifier.chest_ct.components.evaluation import scores_of_split, with_bounds
+    from cancer_classifier.tabular.components.evaluation import scalar_scores
+
+    metrics, intervals = {"roc_auc": 0.91234, "brier": 0.05}, {"roc_auc": [0.85, 0.96789], "brier": [0.01, 0.1]}
+    expected = {
+        "roc_auc": 0.9123, "roc_auc_ci95_low": 0.85, "roc_auc_ci95_high": 0.9679,
+        "brier": 0.05, "brier_ci95_low": 0.01, "brier_ci95_high": 0.1,
+    }
+    assert scalar_scores(metrics, intervals) == expected
+    chest = scores_of_split({"metrics": metrics, "ci95": intervals})
+    assert {k: v for k, v in chest.items() if k != "ci95"} == expected
+    assert chest["ci95"] == {"roc_auc": [0.85, 0.9679], "brier": [0.01, 0.1]}  # still read by test_pipeline.py
+    assert with_bounds("baseline_roc_auc", 0.5, [0.3, 0.7]) == {
+        "baseline_roc_auc": 0.5, "baseline_roc_auc_ci95_low": 0.3, "baseline_roc_auc_ci95_high": 0.7
+    }

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.datasets import load_breast_cancer
 
 from cancer_classifier.config import ConfigurationManager
@@ -58,8 +59,8 @@ def test_repo_config_validates_and_colorectal_is_opt_in():
         ({"enabled": ["breast-cancer", "lung"]}, r"'tabular.enabled' must be distinct task names"),
         ({"breast-cancer": {"model": {"kind": "svm"}}}, r"'tabular.breast-cancer.model.kind' must be one of"),
         ({"breast-cancer": {"model": {"features": ["mean radius", "nope"]}}}, r"features' must be 'all' or a list"),
-        ({"breast-cancer": {"data": {"columns": {"mean radius": {"type": "number", "min": 5, "max": 1, "unit": ""}}}}},
-         r"columns.mean radius.min/max' must be two numbers with min < max"),
+        ({"breast-cancer": {"data": {"columns": {"mean radius": {"type": "number", "min": 0, "max": 50, "unit": ""}}}}},
+         r"unknown key\(s\) \['tabular.breast-cancer.data.columns'\]"),  # the columns are in their own file
         ({"breast-cancer": {"data": {"positive_class": "cancer"}}}, r"data.positive_class' must be one of"),
         ({"breast-cancer": {"evaluation": {"cv_folds": 1}}}, r"evaluation.cv_folds' must be 0"),
         ({"breast-cancer": {"model": {"keras": {"hidden_units": []}}}}, r"keras.hidden_units' must be a list"),
@@ -70,6 +71,59 @@ def test_bad_tabular_params_name_the_file_and_key(tmp_path, params, message):
     with pytest.raises(ConfigError, match=message) as error:
         ConfigurationManager(*write_project(tmp_path, None, {"tabular": params}), project_root=tmp_path)
     assert "params.yaml" in str(error.value)
+
+
+def with_schemas(tmp_path, edit) -> ConfigurationManager:
+    """The test project with its breast-cancer column schemas edited (``edit(columns)``)."""
+    config_path, params_path = write_project(tmp_path)
+    schemas = config_path.parent / "tabular_schemas"
+    columns = yaml.safe_load((schemas / "breast-cancer.yaml").read_text())
+    edit(columns)
+    (schemas / "breast-cancer.yaml").write_text(yaml.safe_dump(columns, sort_keys=False))
+    return ConfigurationManager(config_path, params_path, project_root=tmp_path)
+
+
+def test_the_column_schemas_are_their_own_file_next_to_config_yaml():
+    """Out of params.yaml (its params would fill `dvc exp show`): a dependency of each task's ingestion."""
+    tabular = ConfigurationManager(REPO / "config/config.yaml", REPO / "params.yaml", project_root=REPO).tabular()
+    assert tabular.schema_file("breast-cancer") == REPO / "config/tabular_schemas/breast-cancer.yaml"
+    assert [c.name for c in tabular.ingestion("breast-cancer").columns] == list(load_breast_cancer().feature_names)
+    assert not [key for key in tabular.registry("breast-cancer").params if ".data.columns" in key]
+    ingestion = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["tabular_ingestion"]["do"]
+    assert "config/tabular_schemas/${item}.yaml" in ingestion["deps"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["mean radius"].update(min=5, max=1), r"'mean radius.min/max' must be two numbers with min < max"),
+        (lambda c: c["mean radius"].update(type="text"), r"'mean radius.type' must be one of"),
+        (lambda c: c["mean area"].pop("unit"),
+         r"'mean area' must be a mapping with the keys \['max', 'min', 'type', 'unit'\]"),
+        (lambda c: c.update(diagnosis={"type": "category", "categories": ["a", "b"]}),
+         r"must declare neither the target nor a dropped column .*got \['diagnosis'\]"),
+        (lambda c: c.update({False: {"type": "category", "categories": ["a"]}}), r"column names must be strings"),
+        (lambda c: c.update(site={"type": "category", "categories": ["a", "a"]}),
+         r"'site.categories' must be a list of distinct strings"),
+        (lambda c: c.clear(), r"expected a mapping|at least one column"),
+    ],
+)
+def test_bad_column_schemas_name_the_file_and_key(tmp_path, edit, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        with_schemas(tmp_path, edit)
+    assert "tabular_schemas/breast-cancer.yaml" in str(error.value)
+
+
+def test_each_configured_task_needs_its_schema_file_and_no_other(tmp_path):
+    config_path, params_path = write_project(tmp_path)
+    schemas = config_path.parent / "tabular_schemas"
+    (schemas / "colorectal-survival.yaml").rename(schemas / "lung.yaml")
+    with pytest.raises(ConfigError, match=r"tabular_schemas: no column schema for the task\(s\) \['colorectal-surv"):
+        ConfigurationManager(config_path, params_path, project_root=tmp_path)
+    (schemas / "lung.yaml").rename(schemas / "colorectal-survival.yaml")
+    (schemas / "lung.yaml").write_text("age: {type: integer, min: 0, max: 120, unit: years}\n")
+    with pytest.raises(ConfigError, match=r"column schema\(s\) for the unknown task\(s\) \['lung'\]"):
+        ConfigurationManager(config_path, params_path, project_root=tmp_path)
 
 
 def test_missing_csv_source_names_the_config_key(tmp_path):

@@ -100,6 +100,10 @@ def test_evaluation_uses_the_chest_ct_metric_set_and_the_registry_gate(ingested)
     assert sum(map(sum, report["confusion_matrix"])) == 114
     scores = load_json(ingested / "scores/breast-cancer.json")
     assert scores["roc_auc"] == round(report["metrics"]["roc_auc"], 4)
+    # every bound a scalar of its own: `dvc metrics show` and `dvc exp show` drop lists
+    for name, (low, high) in report["ci95"].items():
+        assert (scores[f"{name}_ci95_low"], scores[f"{name}_ci95_high"]) == (round(low, 4), round(high, 4))
+    assert not [key for key, value in scores.items() if isinstance(value, list | dict)]
     for plot in ("roc.png", "precision_recall.png", "calibration.png", "confusion_matrix.png"):
         assert (tabular.evaluation("breast-cancer").root_dir / plot).stat().st_size > 1000
     first = TabularRegistry(tabular.registry("breast-cancer")).run()

@@ -151,14 +151,17 @@ def test_head_selection_cross_validates_every_candidate_and_refits_the_best(trai
     assert curve["epoch"] == list(range(1, len(curve["epoch"]) + 1)) and len(curve["epoch"]) <= config.epochs
     assert len(curve["train_loss"]) == len(curve["val_loss"]) == len(curve["folds"]) == len(curve["epoch"])
     assert curve["folds"][0] == 4 and curve["folds"] == sorted(curve["folds"], reverse=True)
-    assert np.isfinite(curve["train_loss"] + curve["val_loss"]).all() and curve["train_loss"][-1] < curve["train_loss"][0]
+    assert np.isfinite(curve["train_loss"] + curve["val_loss"]).all()
+    assert curve["train_loss"][-1] < curve["train_loss"][0]
     logistic_only = dataclasses.replace(config, head_candidates=("logistic",))
     assert select_head(HeadTrainer(logistic_only, 2, 8, 0.1), features, labels, groups, 4, 0)[1]["curve"] is None
 
 
 def test_mean_curve_averages_the_folds_that_reached_each_epoch():
     curve = mean_curve([[(1.0, 2.0), (0.5, 1.0), (0.25, 1.5)], [(3.0, 4.0)]])
-    assert curve == {"epoch": [1, 2, 3], "train_loss": [2.0, 0.5, 0.25], "val_loss": [3.0, 1.0, 1.5], "folds": [2, 1, 1]}
+    assert curve == {
+        "epoch": [1, 2, 3], "train_loss": [2.0, 0.5, 0.25], "val_loss": [3.0, 1.0, 1.5], "folds": [2, 1, 1]
+    }
     assert mean_curve([]) == {"epoch": [], "train_loss": [], "val_loss": [], "folds": []}
 
 

@@ -1,5 +1,9 @@
 """The tabular tasks' sections of config.yaml (``tabular``: where things live) and params.yaml
-(``tabular``: which tasks run and how each learns), validated and turned into frozen entities.
+(``tabular``: which tasks run and how each learns), and each task's column schemas
+(``tabular_schemas/<task>.yaml`` in config.yaml's folder), validated and turned into frozen entities.
+
+The schemas are files of their own, not params: dvc.yaml declares a task's file as a dependency of its
+ingestion stage, so its columns re-run that task only and stay out of ``dvc exp show``'s params.
 
 Built by ``ConfigurationManager.tabular()``; every error names the file, the key and what was expected.
 """
@@ -12,6 +16,7 @@ from typing import Any
 from cancer_classifier.config.schema import NUMBER, OPTIONAL_STR, PROMOTION_METRICS, check_schema, flatten
 from cancer_classifier.core import settings
 from cancer_classifier.core.errors import ConfigError
+from cancer_classifier.core.io import read_yaml
 from cancer_classifier.entity import TrackingConfig
 from cancer_classifier.entity.tabular import (
     COLUMN_TYPES,
@@ -30,6 +35,7 @@ SKLEARN_SOURCES = ("sklearn:breast_cancer",)
 MODEL_KINDS = ("logistic_regression", "random_forest", "hist_gradient_boosting", "keras")
 POLICIES = ("fail", "drop")
 OPTIONAL_INT = (int, type(None))
+SCHEMAS_FOLDER = "tabular_schemas"  # in config.yaml's folder: <task>.yaml, the task's columns
 
 TASK_CONFIG_SCHEMA: dict[str, Any] = {
     "title": str,
@@ -49,7 +55,6 @@ TASK_PARAMS_SCHEMA: dict[str, Any] = {
         "on_duplicate": str,
         "test_size": NUMBER,
         "seed": int,
-        "columns": dict,
     },
     "model": {
         "kind": str,
@@ -76,6 +81,8 @@ TASK_PARAMS_SCHEMA: dict[str, Any] = {
 }
 NUMERIC_COLUMN_KEYS = {"type", "min", "max", "unit"}
 CATEGORY_COLUMN_KEYS = {"type", "categories"}
+
+
 class TabularConfiguration:
     """The tabular sections of one ConfigurationManager's files: checked on construction, entities on demand.
 
@@ -100,6 +107,7 @@ class TabularConfiguration:
             check_schema(section, TASK_CONFIG_SCHEMA, self.config_file, f"tabular.tasks.{task}.")
             if section["kind"] not in TASK_KINDS:
                 self._fail(self.config_file, f"tabular.tasks.{task}.kind", f"one of {TASK_KINDS}", section["kind"])
+        self.columns = self._read_schemas()
         self._check_params()
 
     @property
@@ -110,11 +118,37 @@ class TabularConfiguration:
     def enabled(self) -> tuple[str, ...]:
         return tuple(self.params["enabled"])
 
+    @property
+    def schemas_dir(self) -> Path:
+        """The tasks' column schemas: ``tabular_schemas/`` next to config.yaml."""
+        return self.config_file.parent / SCHEMAS_FOLDER
+
+    def schema_file(self, task: str) -> Path:
+        """The file declaring ``task``'s columns (its tabular_ingestion stage's dependency in dvc.yaml)."""
+        return self.schemas_dir / f"{task}.yaml"
+
     # -- validation ------------------------------------------------------------------------
 
     @staticmethod
     def _fail(file, key: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{file}: '{key}' must be {expected}, got {value!r}")
+
+    def _read_schemas(self) -> dict[str, dict]:
+        """Every configured task's column schemas, one file per task, no file for a task that is not configured."""
+        folder = self.schemas_dir
+        found = {path.stem for path in folder.glob("*.yaml")}
+        missing, unknown = sorted(set(self.tasks) - found), sorted(found - set(self.tasks))
+        if missing:
+            raise ConfigError(
+                f"{folder}: no column schema for the task(s) {missing}: each task of {self.config_file} "
+                f"'tabular.tasks' needs its columns in {folder}/<task>.yaml"
+            )
+        if unknown:
+            raise ConfigError(
+                f"{folder}: column schema(s) for the unknown task(s) {unknown}; expected one file per task of "
+                f"{self.config_file} 'tabular.tasks' {list(self.tasks)}"
+            )
+        return {task: read_yaml(self.schema_file(task)) for task in self.tasks}
 
     def _check_params(self) -> None:
         schema = {"enabled": list} | {task: TASK_PARAMS_SCHEMA for task in self.tasks}
@@ -124,7 +158,8 @@ class TabularConfiguration:
             self._fail(self.params_file, "tabular.enabled", f"distinct task names from {list(self.tasks)}", enabled)
         for task in self.tasks:
             self._check_data(task, self.params[task]["data"])
-            self._check_model(task, self.params[task]["model"], self.params[task]["data"]["columns"])
+            self._check_columns(task, self.params[task]["data"])
+            self._check_model(task, self.params[task]["model"], self.columns[task])
             self._check_evaluation(task, self.params[task]["evaluation"])
 
     def _check_data(self, task: str, data: dict) -> None:
@@ -141,32 +176,41 @@ class TabularConfiguration:
             self._fail(self.params_file, f"{key}.test_size", "a fraction in (0, 1)", data["test_size"])
         if not all(isinstance(c, str) for c in data["drop_columns"]):
             self._fail(self.params_file, f"{key}.drop_columns", "a list of column names", data["drop_columns"])
-        if not data["columns"]:
-            self._fail(self.params_file, f"{key}.columns", "at least one declared column", data["columns"])
-        clash = {data["target"], *data["drop_columns"]} & set(data["columns"])
-        if clash:
-            self._fail(self.params_file, f"{key}.columns", "no target or dropped column", sorted(clash))
-        for name, spec in data["columns"].items():
-            self._check_column(f"{key}.columns.{name}", spec)
 
-    def _check_column(self, key: str, spec: Any) -> None:
+    def _check_columns(self, task: str, data: dict) -> None:
+        """The task's schema file: one valid spec per column, none of them the target or a dropped column."""
+        file, columns = self.schema_file(task), self.columns[task]
+        if not columns:
+            raise ConfigError(f"{file}: must declare at least one column, got {columns!r}")
+        clash = sorted({data["target"], *data["drop_columns"]} & set(columns))
+        if clash:
+            raise ConfigError(
+                f"{file}: must declare neither the target nor a dropped column ({self.params_file} "
+                f"'tabular.{task}.data' target and drop_columns), got {clash}"
+            )
+        for name, spec in columns.items():
+            if not isinstance(name, str):  # YAML reads unquoted No, Yes, 1 as a bool or a number
+                raise ConfigError(f"{file}: column names must be strings (quote them), got {name!r}")
+            self._check_column(file, name, spec)
+
+    def _check_column(self, file: Path, key: str, spec: Any) -> None:
         if not isinstance(spec, dict) or spec.get("type") not in COLUMN_TYPES:
-            self._fail(self.params_file, f"{key}.type", f"one of {COLUMN_TYPES}", spec)
+            self._fail(file, f"{key}.type", f"one of {COLUMN_TYPES}", spec)
         if spec["type"] == "category":
             if set(spec) != CATEGORY_COLUMN_KEYS:
-                self._fail(self.params_file, key, f"a mapping with the keys {sorted(CATEGORY_COLUMN_KEYS)}", spec)
+                self._fail(file, key, f"a mapping with the keys {sorted(CATEGORY_COLUMN_KEYS)}", spec)
             categories = spec["categories"]
-            distinct = len(set(categories)) == len(categories)
-            if not categories or not all(isinstance(c, str) for c in categories) or not distinct:
-                self._fail(self.params_file, f"{key}.categories", "a list of distinct strings", categories)
+            distinct = isinstance(categories, list) and len(set(map(str, categories))) == len(categories)
+            if not categories or not distinct or not all(isinstance(c, str) for c in categories):
+                self._fail(file, f"{key}.categories", "a list of distinct strings", categories)
             return
         if set(spec) != NUMERIC_COLUMN_KEYS:
-            self._fail(self.params_file, key, f"a mapping with the keys {sorted(NUMERIC_COLUMN_KEYS)}", spec)
+            self._fail(file, key, f"a mapping with the keys {sorted(NUMERIC_COLUMN_KEYS)}", spec)
         low, high = spec["min"], spec["max"]
         if not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-            self._fail(self.params_file, f"{key}.min/max", "two numbers with min < max", [low, high])
+            self._fail(file, f"{key}.min/max", "two numbers with min < max", [low, high])
         if not isinstance(spec["unit"], str):
-            self._fail(self.params_file, f"{key}.unit", "a string ('' when unitless)", spec["unit"])
+            self._fail(file, f"{key}.unit", "a string ('' when unitless)", spec["unit"])
 
     def _check_model(self, task: str, model: dict, columns: dict) -> None:
         key = f"tabular.{task}.model"
@@ -174,7 +218,10 @@ class TabularConfiguration:
             self._fail(self.params_file, f"{key}.kind", f"one of {MODEL_KINDS}", model["kind"])
         features = model["features"]
         if features != "all" and (not isinstance(features, list) or not features or not set(features) <= set(columns)):
-            self._fail(self.params_file, f"{key}.features", "'all' or a list of declared columns", features)
+            self._fail(
+                self.params_file, f"{key}.features", f"'all' or a list of columns {self.schema_file(task)} declares",
+                features,
+            )
         keras = model["keras"]
         units, fraction = keras["hidden_units"], keras["validation_fraction"]
         if not units or not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units):
@@ -254,7 +301,7 @@ class TabularConfiguration:
             target=data["target"],
             classes=tuple(data["classes"]),
             positive_class=data["positive_class"],
-            columns=tuple(column_spec(name, spec) for name, spec in data["columns"].items()),
+            columns=tuple(column_spec(name, spec) for name, spec in self.columns[task].items()),
             drop_columns=tuple(data["drop_columns"]),
             on_invalid=data["on_invalid"],
             on_duplicate=data["on_duplicate"],

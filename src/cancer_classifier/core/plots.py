@@ -1,4 +1,5 @@
-"""Evaluation plots both tasks share: PNG files for people, dvclive plot data for `dvc plots`."""
+"""Plots: the evaluation's, which both tasks share (PNG files for people, dvclive plot data for
+`dvc plots`), and training curves per epoch through dvclive."""
 
 from pathlib import Path
 
@@ -80,3 +81,16 @@ def log_dvclive(
         if len(classes) == 2:
             for kind in ("roc", "precision_recall", "calibration"):
                 live.log_sklearn_plot(kind, truth, score)
+
+
+def log_curves(out: Path, curves: dict[str, list[float]]) -> None:
+    """Per-epoch curves through dvclive, step 1 the first epoch: the curve ``head/train/loss`` becomes
+    ``out/dvclive/plots/metrics/head/train/loss.tsv`` (columns step and loss), which dvc.yaml ``plots``
+    can name. Curves may differ in length; no curve writes no file."""
+    with Live(dir=str(out / "dvclive"), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        live.step = 1
+        for epoch in range(max(map(len, curves.values()), default=0)):
+            for name, values in curves.items():
+                if epoch < len(values):
+                    live.log_metric(name, float(values[epoch]))
+            live.next_step()

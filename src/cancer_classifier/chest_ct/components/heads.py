@@ -5,7 +5,8 @@ split stays untouched for the final figures.
 Candidates: ``logistic`` (regularised multinomial logistic regression on standardised features,
 one per strength C; fitted by scikit-learn and written into the Keras head, so it serves like any
 head) and ``mlp`` (today's small network, early-stopped inside each fold; the refit trains for the
-median of the folds' best epoch counts).
+median of the folds' best epoch counts). The MLP's per-epoch losses in the folds, averaged, are the
+report's ``curve`` (the training stage logs it through dvclive: a DVC plot).
 """
 
 from dataclasses import dataclass
@@ -73,16 +74,24 @@ class HeadTrainer:
         self.dense_units, self.dropout = dense_units, dropout
 
     def fit(
-        self, candidate: Candidate, x: np.ndarray, y: np.ndarray, validation: tuple | None = None, epochs: int = 0
+        self,
+        candidate: Candidate,
+        x: np.ndarray,
+        y: np.ndarray,
+        validation: tuple | None = None,
+        epochs: int = 0,
+        curve: list | None = None,
     ) -> tuple[keras.Model, int]:
-        """The fitted head and, for the MLP, its epoch count (the best one when early-stopped on ``validation``)."""
+        """The fitted head and, for the MLP, its epoch count (the best one when early-stopped on ``validation``).
+
+        With ``validation`` and a ``curve`` list, the MLP appends ``(train_loss, val_loss)`` per epoch to it."""
         head = build_head(candidate.kind, self.n_classes, self.dense_units, self.dropout)
         mean, variance = standardisation(x)
         set_standardisation(head, mean, variance)
         if candidate.kind == "logistic":
             self._fit_logistic(head, candidate.c, (x - mean) / np.sqrt(variance), y)
             return head, 0
-        return head, self._fit_mlp(head, x, y, validation, epochs)
+        return head, self._fit_mlp(head, x, y, validation, epochs, curve)
 
     def _fit_logistic(self, head: keras.Model, c: float, standardised: np.ndarray, y: np.ndarray) -> None:
         fitted = LogisticRegression(
@@ -93,7 +102,9 @@ class HeadTrainer:
             kernel, bias = np.hstack([np.zeros_like(kernel), kernel]), np.array([0.0, bias[0]])
         head.get_layer("probabilities").set_weights([kernel.astype("float32"), bias.astype("float32")])
 
-    def _fit_mlp(self, head: keras.Model, x: np.ndarray, y: np.ndarray, validation: tuple | None, epochs: int) -> int:
+    def _fit_mlp(
+        self, head: keras.Model, x: np.ndarray, y: np.ndarray, validation: tuple | None, epochs: int, curve: list | None
+    ) -> int:
         """Mini-batch Adam with class weights; with ``validation``, early stopping that keeps the best epoch.
 
         Each epoch is one compiled call (``epoch_step``): on a few hundred rows, a Python call per batch
@@ -107,10 +118,12 @@ class HeadTrainer:
         rng = np.random.default_rng(config.seed)
         best_loss, best_weights, best_epoch = np.inf, None, 0
         for epoch in range(1, (config.epochs if validation else max(1, epochs)) + 1):
-            stop_loss = step(x, y, row_weights, tf.constant(rng.permutation(len(y))), x_stop, y_stop)
+            fit_loss, stop_loss = step(x, y, row_weights, tf.constant(rng.permutation(len(y))), x_stop, y_stop)
             if validation is None:
                 continue
             loss = float(stop_loss)
+            if curve is not None:
+                curve.append((float(fit_loss), loss))
             if loss < best_loss:
                 best_loss, best_weights, best_epoch = loss, head.get_weights(), epoch
             elif epoch - best_epoch >= config.early_stopping_patience:
@@ -122,22 +135,25 @@ class HeadTrainer:
 
 
 def epoch_step(head: keras.Model, optimizer: keras.optimizers.Optimizer, batch_size: int):
-    """One epoch of mini-batch steps in the given row order, compiled, returning the mean cross-entropy
-    on the early-stopping rows after it. Each batch's loss is the class-weighted mean cross-entropy, as
-    Keras computes it with ``class_weight``."""
+    """One epoch of mini-batch steps in the given row order, compiled, returning the epoch's training
+    loss and the mean cross-entropy on the early-stopping rows after it. Each batch's loss is the
+    class-weighted mean cross-entropy, as Keras computes it with ``class_weight``; the training loss is
+    their mean weighted by batch size, as Keras reports ``loss`` for an epoch of ``fit``."""
     loss = keras.losses.SparseCategoricalCrossentropy()
     variables = head.trainable_variables
     optimizer.build(variables)
 
     @tf.function
-    def step(x, y, row_weights, order, x_stop, y_stop) -> tf.Tensor:
+    def step(x, y, row_weights, order, x_stop, y_stop) -> tuple[tf.Tensor, tf.Tensor]:
+        total = tf.constant(0.0)
         for start in tf.range(0, tf.size(order), batch_size):
             rows = order[start : start + batch_size]
             with tf.GradientTape() as tape:
                 batch_loss = loss(tf.gather(y, rows), head(tf.gather(x, rows), training=True),
                                   sample_weight=tf.gather(row_weights, rows))
             optimizer.apply(tape.gradient(batch_loss, variables), variables)
-        return loss(y_stop, head(x_stop, training=False))
+            total += batch_loss * tf.cast(tf.size(rows), tf.float32)
+        return total / tf.cast(tf.size(order), tf.float32), loss(y_stop, head(x_stop, training=False))
 
     return step
 
@@ -149,10 +165,27 @@ def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarra
     return fit, stop
 
 
+def mean_curve(folds: list[list[tuple[float, float]]]) -> dict:
+    """Per epoch, the mean over the folds that reached it of their ``(train_loss, val_loss)``: early
+    stopping ends each fold at its own epoch, so later epochs average fewer folds (``folds``)."""
+    longest = max(map(len, folds), default=0)
+    by_epoch = [[fold[epoch] for fold in folds if len(fold) > epoch] for epoch in range(longest)]
+    return {
+        "epoch": list(range(1, longest + 1)),
+        "train_loss": [float(np.mean([train for train, _ in losses])) for losses in by_epoch],
+        "val_loss": [float(np.mean([val for _, val in losses])) for losses in by_epoch],
+        "folds": [len(losses) for losses in by_epoch],
+    }
+
+
 def select_head(
     trainer: HeadTrainer, x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int
 ) -> tuple[keras.Model, dict]:
-    """Cross-validate every candidate, refit the best on all rows; the head and a report of the choice."""
+    """Cross-validate every candidate, refit the best on all rows; the head and a report of the choice.
+
+    The report's ``curve`` is the MLP candidate's losses per epoch in the folds (``mean_curve``): train on
+    a fold's fitting rows, val on its early-stopping rows (whole image groups kept out of the fit); None
+    without an MLP candidate."""
     for label in range(trainer.n_classes):
         distinct = len(set(groups[y == label]))
         if distinct < folds + 1:  # each fold holds out whole groups; the MLP's inner split needs one more
@@ -161,18 +194,22 @@ def select_head(
                 f"{folds}-fold cross-validation: lower params.yaml training.head.cv_folds or add images"
             )
     splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups))
-    results, epochs = {}, {}
+    results, epochs, curve = {}, {}, None
     for candidate in candidates(trainer.config):
-        out_of_fold, best_epochs = np.zeros((len(y), trainer.n_classes)), []
+        out_of_fold, best_epochs, fold_curves = np.zeros((len(y), trainer.n_classes)), [], []
         for fit_rows, held_rows in splits:
-            validation = None
+            validation, fold_curve = None, None
             if candidate.kind == "mlp":
                 inner_fit, inner_stop = inner_split(y[fit_rows], groups[fit_rows], seed)
                 validation = (x[fit_rows][inner_stop], y[fit_rows][inner_stop])
                 fit_rows = fit_rows[inner_fit]
-            head, epoch = trainer.fit(candidate, x[fit_rows], y[fit_rows], validation)
+                fold_curve = []
+                fold_curves.append(fold_curve)
+            head, epoch = trainer.fit(candidate, x[fit_rows], y[fit_rows], validation, curve=fold_curve)
             out_of_fold[held_rows] = keras.ops.convert_to_numpy(head(x[held_rows], training=False))
             best_epochs.append(epoch)
+        if candidate.kind == "mlp":
+            curve = mean_curve(fold_curves)
         results[candidate.name] = {
             "cv_roc_auc": headline_metrics(y, out_of_fold, positive=1)["roc_auc"],  # as the evaluation's
             "cv_log_loss": float(log_loss(y, out_of_fold / out_of_fold.sum(axis=1, keepdims=True),
@@ -195,6 +232,7 @@ def select_head(
         "refit": "train + val",
         "epochs": epochs[chosen.name] or None,
         "candidates": results,
+        "curve": curve,
     }
     logger.info("head: %s, %s", chosen.name, reason)
     return head, report

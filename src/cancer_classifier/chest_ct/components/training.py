@@ -3,6 +3,9 @@
 The features stage paid the VGG16 passes once; the head candidates are cross-validated on its arrays
 in seconds (``components/heads.py``). Fine-tuning (unfrozen last blocks) starts from the chosen head
 and runs end to end on images, as it must, through the scoring path in the configured precision.
+
+The per-epoch curves (the MLP candidate's in cross-validation, fine-tuning's) are written through
+dvclive to ``<root_dir>/dvclive/plots/metrics/`` (``training_curves``), for ``dvc plots``.
 """
 
 import time
@@ -32,6 +35,7 @@ from cancer_classifier.chest_ct.scoring import Scorer, Variant, resolve_variant
 from cancer_classifier.core.errors import StageInputError
 from cancer_classifier.core.io import atomic_directory, load_json, save_json
 from cancer_classifier.core.logging import logger
+from cancer_classifier.core.plots import log_curves
 from cancer_classifier.core.tracking import public_uri, tracking_errors, use_experiment
 from cancer_classifier.entity import TrainingConfig
 
@@ -50,6 +54,20 @@ def early_stopping(config: TrainingConfig) -> keras.callbacks.EarlyStopping:
     return keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
     )
+
+
+def training_curves(history: dict) -> dict[str, list[float]]:
+    """The stage's per-epoch curves by dvclive name, ``<phase>/<split>/<metric>``: ``head/{train,val}/loss``
+    (the MLP candidate, averaged over the cross-validation folds: a fold's fitting and early-stopping
+    rows) and, when fine-tuning ran, ``fine_tune/{train,val}/{loss,accuracy}`` (the train and val splits)."""
+    curves = {}
+    curve = history["head_selection"].get("curve")
+    if curve:
+        curves |= {"head/train/loss": curve["train_loss"], "head/val/loss": curve["val_loss"]}
+    for keras_name, values in history.get("fine_tune", {}).items():  # loss, accuracy, val_loss, val_accuracy
+        split, metric = ("val", keras_name[4:]) if keras_name.startswith("val_") else ("train", keras_name)
+        curves[f"fine_tune/{split}/{metric}"] = values
+    return curves
 
 
 # Cheap statistics of the training images that serving compares live traffic with (drift).
@@ -190,6 +208,7 @@ class Training:
                 "intended_use": intended_use(info["demo"]),
             })
             save_json(out / "history.json", history)
+            log_curves(out, training_curves(history))
             save_json(out / "training_info.json", {
                 "mlflow_run_id": run.info.run_id,
                 "mlflow_tracking_uri": public_uri(config.tracking.tracking_uri),  # where that run is

@@ -41,6 +41,16 @@ def cross_validate(model: TabularModel, frame, labels: np.ndarray, folds: int, s
     }
 
 
+def scalar_scores(metrics: dict, intervals: dict) -> dict:
+    """Each metric followed by its 95% interval's bounds, all scalars and rounded: ``dvc metrics show``
+    and ``dvc exp show`` drop lists (``roc_auc``, ``roc_auc_ci95_low``, ``roc_auc_ci95_high``, ...)."""
+    scores = {}
+    for name, value in metrics.items():
+        low, high = intervals[name]
+        scores |= {name: round(value, 4), f"{name}_ci95_low": round(low, 4), f"{name}_ci95_high": round(high, 4)}
+    return scores
+
+
 class TabularEvaluation:
     def __init__(self, config: TabularEvaluationConfig) -> None:
         self.config = config
@@ -85,14 +95,13 @@ class TabularEvaluation:
         return report
 
     def write_scores(self, report: dict) -> None:
-        """The task's DVC metric file: headline numbers, intervals, the majority baseline, CV ROC-AUC."""
+        """The task's DVC metric file: headline numbers, interval bounds, the majority baseline, CV ROC-AUC."""
         path = self.config.scores_path
         path.parent.mkdir(parents=True, exist_ok=True)
         cv = report["cross_validation"]
         partial = path.with_suffix(".json.partial")
         save_json(partial, {
-            **{k: round(v, 4) for k, v in report["metrics"].items()},
-            "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
+            **scalar_scores(report["metrics"], report["ci95"]),
             "majority_class_accuracy": round(report["majority_class_accuracy"], 4),
             "cv_roc_auc_mean": round(cv["roc_auc_mean"], 4) if cv else None,
             "cv_roc_auc_sd": round(cv["roc_auc_sd"], 4) if cv else None,
