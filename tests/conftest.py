@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,8 @@ def write_project(root: Path, config: dict | None = None, params: dict | None = 
     config_path, params_path = root / "config" / "config.yaml", root / "params.yaml"
     config_path.parent.mkdir(exist_ok=True)
     config_path.write_text(yaml.safe_dump(merge(base_config, config or {})))
+    # the tabular tasks' column schemas: a dependency of their stages, beside config.yaml
+    shutil.copytree(REPO / "config/tabular_schemas", config_path.parent / "tabular_schemas", dirs_exist_ok=True)
     base_params = yaml.safe_load((REPO / "params.yaml").read_text())
     params_path.write_text(yaml.safe_dump(merge(base_params, params or {})))
     return config_path, params_path
