@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -199,6 +200,7 @@ def write_project(root: Path) -> None:
     if "tabular" in params:  # the server's readiness waits for every enabled task: here only chest CT runs
         params = merge(params, {"tabular": {"enabled": []}})
     (root / "config/config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(REPO / "config/tabular_schemas", root / "config/tabular_schemas")
     (root / "params.yaml").write_text(yaml.safe_dump(merge(params, OUR_PARAMS)))
 
 

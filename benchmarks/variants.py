@@ -12,6 +12,7 @@ baselines: the files' metadata, and the intensity statistics of what the model a
 
 import argparse
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def project(root: Path, task: str, key: str, value: object) -> ConfigurationMana
     params[group][name] = value
     (root / "config").mkdir(parents=True, exist_ok=True)
     (root / "config/config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(REPO / "config/tabular_schemas", root / "config/tabular_schemas", dirs_exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return ConfigurationManager(root / "config/config.yaml", root / "params.yaml", project_root=root)
 

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ def reference_project(trained_project, tmp_path_factory) -> Path:
     (root / "config").mkdir()
     (root / "config/config.yaml").write_text(yaml.safe_dump(config))
     (root / "params.yaml").write_text(trained_project.params_path.read_text())
+    shutil.copytree(trained_project.config_path.parent / "tabular_schemas", root / "config/tabular_schemas")
     return root
 
 

@@ -701,6 +701,7 @@ def test_pulling_the_model_without_a_remote_or_what_the_lock_pins_says_what_to_d
     for name in ("dvc.yaml", "dvc.lock", "params.yaml", "config/config.yaml"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "config/tabular_schemas", tmp_path / "config/tabular_schemas")
     pull = ("bash", REPO / "deploy/dvc/pull-model.sh")
     no_remote = run(*pull, cwd=tmp_path, env=tool_env())
     assert no_remote.returncode == 1
