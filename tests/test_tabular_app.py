@@ -50,8 +50,8 @@ def colorectal_record() -> dict:
     }
 
 
-# The model's column order (the test project's params.yaml lists the columns alphabetically).
-FIRST, LAST = sorted(load_breast_cancer().feature_names)[0], sorted(load_breast_cancer().feature_names)[-1]
+# The model's column order: config/tabular_schemas/breast-cancer.yaml lists them in the table's order.
+FIRST, LAST = load_breast_cancer().feature_names[0], load_breast_cancer().feature_names[-1]
 
 
 def predict(client, task: str, payload):

@@ -56,12 +56,12 @@ def check_columns(frame: pd.DataFrame, config: TabularIngestionConfig) -> pd.Dat
     declared = [c.name for c in config.columns] + [config.target]
     absent = [name for name in declared if name not in frame.columns]
     undeclared = [name for name in frame.columns if name not in declared and name not in config.drop_columns]
-    where = f"params.yaml tabular.{config.task.name}.data"
+    schema, where = f"config/tabular_schemas/{config.task.name}.yaml", f"params.yaml tabular.{config.task.name}.data"
     if absent:
-        raise TabularDataError(f"{config.source}: declared column(s) {absent} are not in the table ({where}.columns)")
+        raise TabularDataError(f"{config.source}: declared column(s) {absent} are not in the table ({schema})")
     if undeclared:
         raise TabularDataError(
-            f"{config.source}: undeclared column(s) {undeclared}: declare them in {where}.columns "
+            f"{config.source}: undeclared column(s) {undeclared}: declare them in {schema} "
             f"or, if they are identifiers or known only after the outcome, list them in {where}.drop_columns"
         )
     return frame[declared]
