@@ -56,6 +56,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "registration_file": str,
         "model_card_file": str,
         "max_upload_mb": NUMBER,
+        "class_names": dict,
         "dicom_window": {"center": NUMBER, "width": NUMBER},
         "precision": str,
         "engine": str,
@@ -267,6 +268,12 @@ class ConfigurationManager:
             raise ConfigError(
                 f"{self.config_path}: 'serving.max_batch' must be at least 1, got {serving['max_batch']!r}"
             )
+        names = serving["class_names"]
+        if not all(isinstance(key, str) and isinstance(value, str) and value.strip() for key, value in names.items()):
+            raise ConfigError(
+                f"{self.config_path}: 'serving.class_names' must map class names to non-empty display names, "
+                f"got {names!r}"
+            )
         if not serving["max_upload_mb"] > 0 or not serving["dicom_window"]["width"] > 0:
             raise ConfigError(
                 f"{self.config_path}: 'serving.max_upload_mb' and 'serving.dicom_window.width' must be positive"
@@ -437,6 +444,7 @@ class ConfigurationManager:
             registration_file=self._path(serving["registration_file"]),
             model_card_file=self._path(serving["model_card_file"]),
             max_upload_bytes=int(serving["max_upload_mb"] * 1024 * 1024),
+            class_names=dict(serving["class_names"]),
             dicom_window_center=float(serving["dicom_window"]["center"]),
             dicom_window_width=float(serving["dicom_window"]["width"]),
             precision=serving["precision"],

@@ -163,6 +163,7 @@ class ServingConfig:
     registration_file: Path  # the register stage's record of the version, if it ran
     model_card_file: Path  # the evaluation stage's model_card.json
     max_upload_bytes: int
+    class_names: dict[str, str]  # class name -> how pages show it ("large.cell.carcinoma" -> "Large cell carcinoma")
     dicom_window_center: float
     dicom_window_width: float
     precision: str  # auto | float32 | mixed_bfloat16
