@@ -88,3 +88,18 @@ def bootstrap_intervals(
         for name in HEADLINE
         for values in [np.array([d[name] for d in draws])]
     }
+
+
+def with_bounds(name: str, value: float, interval: list[float]) -> dict[str, float]:
+    """A metric and its 95% interval as three rounded scalars: ``dvc metrics show`` and ``dvc exp show``
+    drop lists, so each bound is a number of its own (``roc_auc_ci95_low``, ``roc_auc_ci95_high``)."""
+    low, high = interval
+    return {name: round(value, 4), f"{name}_ci95_low": round(low, 4), f"{name}_ci95_high": round(high, 4)}
+
+
+def scalar_scores(metrics: dict[str, float], intervals: dict[str, list[float]]) -> dict[str, float]:
+    """Each metric followed by its interval's bounds, as the metric files hold them."""
+    scores: dict[str, float] = {}
+    for name, value in metrics.items():
+        scores |= with_bounds(name, value, intervals[name])
+    return scores

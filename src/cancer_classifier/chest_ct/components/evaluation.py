@@ -26,7 +26,13 @@ from cancer_classifier.chest_ct.scoring import REFERENCE, VARIANTS, Scorer
 from cancer_classifier.core.errors import EngineUnavailable
 from cancer_classifier.core.io import atomic_directory, load_json, save_json, sha256_file
 from cancer_classifier.core.logging import logger
-from cancer_classifier.core.metrics import bootstrap_intervals, headline_metrics, per_class_metrics
+from cancer_classifier.core.metrics import (
+    bootstrap_intervals,
+    headline_metrics,
+    per_class_metrics,
+    scalar_scores,
+    with_bounds,
+)
 from cancer_classifier.core.plots import log_dvclive, save_plots
 from cancer_classifier.entity import EvaluationConfig
 
@@ -94,23 +100,6 @@ def write_predictions(path: Path, scored: dict, classes: list[str], ood: OODRefe
                             *np.round(p, 6),
                         ]
                     )
-
-
-def with_bounds(name: str, value: float, interval: list[float]) -> dict:
-    """A metric and its 95% interval as three scalars, rounded: ``dvc metrics show`` and ``dvc exp show``
-    drop lists, so each bound is a number of its own (``roc_auc_ci95_low``, ``roc_auc_ci95_high``)."""
-    low, high = interval
-    return {name: round(value, 4), f"{name}_ci95_low": round(low, 4), f"{name}_ci95_high": round(high, 4)}
-
-
-def scores_of_split(report: dict) -> dict:
-    """A split's headline metrics, each followed by its interval's bounds, rounded for the metric file."""
-    scores = {}
-    for name, value in report["metrics"].items():
-        scores |= with_bounds(name, value, report["ci95"][name])
-    # The intervals as [low, high] lists too, which DVC does not show: tests/test_pipeline.py still reads them.
-    scores["ci95"] = {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()}
-    return scores
 
 
 def scores_of_variants(serving: dict) -> dict:
@@ -241,11 +230,12 @@ class Evaluation:
 
     def write_scores(self, report: dict) -> None:
         """The DVC metric file (headline numbers, interval bounds, the shortcut baseline), replaced atomically."""
+        external = report["external"]
         partial = self.config.scores_path.with_suffix(".json.partial")
         save_json(
             partial,
             {
-                **scores_of_split(report),
+                **scalar_scores(report["metrics"], report["ci95"]),
                 **with_bounds(
                     "baseline_roc_auc", report["baseline"]["metrics"]["roc_auc"], report["baseline"]["ci95"]["roc_auc"]
                 ),
@@ -255,8 +245,8 @@ class Evaluation:
                 "demo": report["demo"],
                 "variants": scores_of_variants(report["serving_variants"]),
                 "external": (
-                    scores_of_split(report["external"]) | {"images": report["external"]["images"]}
-                    if report["external"]
+                    scalar_scores(external["metrics"], external["ci95"]) | {"images": external["images"]}
+                    if external
                     else None
                 ),
             },

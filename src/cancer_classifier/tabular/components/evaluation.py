@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from cancer_classifier.core.io import atomic_directory, save_json
 from cancer_classifier.core.logging import logger
-from cancer_classifier.core.metrics import bootstrap_intervals, headline_metrics
+from cancer_classifier.core.metrics import bootstrap_intervals, headline_metrics, scalar_scores
 from cancer_classifier.core.plots import log_dvclive, save_plots
 from cancer_classifier.entity.tabular import TabularEvaluationConfig
 from cancer_classifier.tabular.components.data import load_split
@@ -39,16 +39,6 @@ def cross_validate(model: TabularModel, frame, labels: np.ndarray, folds: int, s
         "roc_auc_mean": float(np.mean(fold_auc)),
         "roc_auc_sd": float(np.std(fold_auc, ddof=1)),
     }
-
-
-def scalar_scores(metrics: dict, intervals: dict) -> dict:
-    """Each metric followed by its 95% interval's bounds, all scalars and rounded: ``dvc metrics show``
-    and ``dvc exp show`` drop lists (``roc_auc``, ``roc_auc_ci95_low``, ``roc_auc_ci95_high``, ...)."""
-    scores = {}
-    for name, value in metrics.items():
-        low, high = intervals[name]
-        scores |= {name: round(value, 4), f"{name}_ci95_low": round(low, 4), f"{name}_ci95_high": round(high, 4)}
-    return scores
 
 
 class TabularEvaluation:
