@@ -145,6 +145,7 @@ class Training:
             train_ds, validation_data=labelled(*val).batch(config.batch_size), epochs=config.fine_tune_epochs,
             class_weight=class_weights(train[1], n_classes) if config.class_weights else None,
             callbacks=[early_stopping(config), MlflowEpochLogger("fine_tune_")], verbose=2,
+            shuffle=False,  # train_ds shuffles itself; Keras warns that its own shuffle does not apply to datasets
         )
         model.get_layer("vgg16").set_weights(scorer.base.get_weights())  # a bfloat16 copy keeps float32 weights
         return history.history
