@@ -8,7 +8,7 @@
   const zone = document.getElementById("drop-zone");
   const submit = document.getElementById("submit");
   const explain = document.getElementById("explain");
-  const errorBox = document.getElementById("error");
+  const error = pageFetch.errorBox(document.getElementById("error"));
   const preview = document.getElementById("preview");
   const previewImg = document.getElementById("preview-img");
   const previewCaption = document.getElementById("preview-caption");
@@ -21,21 +21,17 @@
   const bars = document.getElementById("bars");
   const gradcam = document.getElementById("gradcam");
   const gradcamImg = document.getElementById("gradcam-img");
+  // class name -> how the page shows it (serving.class_names); the API answers with class names
+  const classNames = JSON.parse(form.dataset.classNames || "{}");
   let file = null;
   let previewUrl = null;
 
-  function showError(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = false;
-  }
-
-  function clearError() {
-    errorBox.hidden = true;
-    errorBox.textContent = "";
+  function shown(name) {
+    return classNames[name] || name;
   }
 
   function choose(selected) {
-    clearError();
+    error.clear();
     result.hidden = true;
     file = selected || null;
     submit.disabled = !file;
@@ -104,11 +100,13 @@
 
   function render(body) {
     renderOod(body);
-    label.textContent = body.label;
+    label.textContent = shown(body.label);
     probabilityBars.render(
       bars,
-      Object.entries(body.probabilities).sort(function (a, b) { return b[1] - a[1]; }),
-      body.label
+      Object.entries(body.probabilities)
+        .sort(function (a, b) { return b[1] - a[1]; })
+        .map(function (entry) { return [shown(entry[0]), entry[1]]; }),
+      shown(body.label)
     );
     if (body.gradcam_png) {
       gradcamImg.src = "data:image/png;base64," + body.gradcam_png;
@@ -122,28 +120,17 @@
   form.addEventListener("submit", async function (event) {
     event.preventDefault();
     if (!file) return;
-    clearError();
+    error.clear();
     submit.disabled = true;
     submit.textContent = "Classifying…";
     const data = new FormData();
     data.append("file", file);
     try {
       const url = form.action + (explain.checked ? "?explain=1" : "");
-      const response = await fetch(url, { method: "POST", body: data, headers: { Accept: "application/json" } });
-      let body = null;
-      try {
-        body = await response.json();
-      } catch (ignored) {
-        body = null;
-      }
-      if (!response.ok) {
-        showError((body && body.error) || "The server answered " + response.status + ".");
-        result.hidden = true;
-        return;
-      }
-      render(body);
-    } catch (error) {
-      showError("Could not reach the server: " + error.message);
+      render(await pageFetch.json(url, { method: "POST", body: data }));
+    } catch (failure) {
+      error.show(failure.message);
+      result.hidden = true;
     } finally {
       submit.disabled = !file;
       submit.textContent = "Classify";

@@ -6,7 +6,7 @@
   const form = document.getElementById("tabular-form");
   if (!form) return; // no model: the page only says why
   const submit = document.getElementById("submit");
-  const errorBox = document.getElementById("error");
+  const error = pageFetch.errorBox(document.getElementById("error"));
   const result = document.getElementById("result");
   const label = document.getElementById("label");
   const probability = document.getElementById("probability");
@@ -15,8 +15,7 @@
   const fields = Array.from(form.querySelectorAll("input, select"));
 
   function showError(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = false;
+    error.show(message);
     result.hidden = true;
   }
 
@@ -46,7 +45,7 @@
     probability.textContent = "(probability " + percent(prediction.probability) + ")";
     probabilityBars.render(bars, Object.entries(prediction.probabilities), prediction.label);
     answeredBy.textContent = body.model.name + " version " + body.model.version + " (" + body.kind + ")";
-    errorBox.hidden = true;
+    error.clear();
     result.hidden = false;
   }
 
@@ -65,24 +64,13 @@
     submit.disabled = true;
     submit.textContent = "Predicting…";
     try {
-      const response = await fetch(form.dataset.action, {
+      render(await pageFetch.json(form.dataset.action, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ records: [record()] }),
-      });
-      let body = null;
-      try {
-        body = await response.json();
-      } catch (ignored) {
-        body = null;
-      }
-      if (!response.ok) {
-        showError((body && body.error) || "The server answered " + response.status + ".");
-        return;
-      }
-      render(body);
-    } catch (error) {
-      showError("Could not reach the server: " + error.message);
+      }));
+    } catch (failure) {
+      showError(failure.message);
     } finally {
       submit.disabled = false;
       submit.textContent = "Predict";

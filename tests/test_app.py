@@ -4,6 +4,7 @@ import base64
 import dataclasses
 import io
 import json
+import re
 import shutil
 import struct
 import sys
@@ -12,6 +13,7 @@ import zlib
 import numpy as np
 import pydicom
 import pytest
+from markupsafe import escape
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -138,6 +140,24 @@ def test_page_shows_demo_banner_upload_form_and_offline_assets(client, metadata)
         assert client.get(asset).status_code == 200
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(("path", "current"), [("/", "Chest CT"), ("/monitoring", "Monitoring"), ("/model-card", None)])
+def test_every_page_has_the_base_banner_navigation_and_footer(client, metadata, path, current):
+    """base.html: one head, banner, task navigation and footer for every page."""
+    page = client.get(path, headers={"Accept": BROWSER_ACCEPT})
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert '<header class="banner banner-demo" role="note">' in html and metadata["intended_use"] in html
+    assert '<nav class="tasks" aria-label="Tasks">' in html
+    assert html.count('aria-current="page"') == (current is not None)
+    if current:
+        assert f'<a href="{path}" aria-current="page">{current}</a>' in html
+    assert '<a href="/ready">/ready</a>' in html and '<a href="/health">/health</a>' in html
+    assert html.count('<link rel="stylesheet" href="/static/app.css">') == 1
+
+
 def test_security_headers_and_request_id(client):
     response = client.get("/health", headers={"X-Request-ID": "abc-123"})
     assert response.headers["X-Request-ID"] == "abc-123"
@@ -152,6 +172,75 @@ def test_security_headers_and_request_id(client):
 )
 def test_unknown_routes_answer_json(client, method, path, status):
     assert_json_error(client.open(path, method=method), status)
+
+
+# -- display names and the model card page ---------------------------------------------------
+
+
+def page_class_names(html: str) -> dict:
+    """The class name -> display name mapping the chest CT page hands its script."""
+    found = re.search(r"data-class-names='([^']*)'", html)
+    assert found, "the upload form carries no data-class-names"
+    return json.loads(found.group(1))
+
+
+def test_pages_show_display_names_while_the_api_keeps_class_names(client, serving, metadata, png_bytes):
+    shown = {name: serving.class_names[name] for name in metadata["classes"]}
+    assert shown == {"adenocarcinoma": "Adenocarcinoma", "normal": "Normal"}  # config/config.yaml
+    html = client.get("/").get_data(as_text=True)
+    assert f"classes: {', '.join(shown.values())}" in html
+    assert page_class_names(html) == shown
+    body = upload(client, png_bytes).get_json()
+    assert list(body["probabilities"]) == metadata["classes"] and body["label"] in metadata["classes"]
+    monitoring = client.get("/monitoring").get_data(as_text=True)
+    assert all(f"<tr><td>{name}</td>" in monitoring for name in shown.values())
+    assert set(client.get("/monitoring?format=json").get_json()["class_mix"]) <= set(metadata["classes"])
+
+
+def test_a_class_without_a_display_name_is_shown_by_its_name(app, serving, metadata):
+    renamed = dataclasses.replace(serving, class_names={"normal": "Normal lung tissue"})
+    predictor = app.extensions["model"].predictor  # the module's, not loaded again
+    html = create_app({"TESTING": True, "SERVING_CONFIG": renamed, "PREDICTOR": predictor}).test_client().get("/")
+    html = html.get_data(as_text=True)
+    assert "classes: adenocarcinoma, Normal lung tissue" in html
+    assert page_class_names(html) == {"adenocarcinoma": "adenocarcinoma", "normal": "Normal lung tissue"}
+
+
+def test_the_model_card_is_a_page_for_browsers(client, serving):
+    card = json.loads(serving.model_card_file.read_text())
+    evaluation = card["evaluation"]
+    response = client.get("/model-card", headers={"Accept": BROWSER_ACCEPT})
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "Accept" in response.vary
+    html = " ".join(response.get_data(as_text=True).split())  # whitespace as a browser shows it
+    assert "<h1>Model card</h1>" in html and "<code>chest-ct-classifier</code> version <code>1</code>" in html
+    assert f'<p id="card-intended-use" class="notice"><strong>{card["intended_use"]}</strong></p>' in html
+    low, high = evaluation["ci95"]["roc_auc"]
+    assert f"<td>ROC-AUC</td> <td>{evaluation['metrics']['roc_auc']:.3f}</td> <td>{low:.3f} – {high:.3f}</td>" in html
+    assert "95% bootstrap interval" in html
+    assert f"{evaluation['test_images']} images of the {escape(evaluation['split'])}" in html
+    assert f"Source <code>{card['data']['source']}</code>" in html and "<th>Adenocarcinoma</th>" in html
+    assert all(f"<li>{escape(limit)}</li>" in html for limit in card["known_limits"])
+    assert "mlflow_tracking_uri" not in html and card["training"]["mlflow_tracking_uri"] not in html
+    index = client.get("/").get_data(as_text=True)
+    assert '<a href="/model-card">model card</a>' in index and 'href="/model-card?format=json"' in index
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/json, text/html;q=0.5"])
+def test_programs_get_the_model_card_as_json(client, serving, accept):
+    response = client.get("/model-card", headers={"Accept": accept} if accept else {})
+    assert response.status_code == 200 and response.is_json
+    assert response.get_json() == json.loads(serving.model_card_file.read_text())
+    forced = client.get("/model-card?format=json", headers={"Accept": BROWSER_ACCEPT})
+    assert forced.is_json and forced.get_json() == response.get_json()
+
+
+def test_a_missing_model_card_is_a_503_for_browsers_too(serving, tmp_path):
+    config = dataclasses.replace(serving, model_card_file=tmp_path / "evaluation" / "model_card.json")
+    client = create_app({"TESTING": True, "SERVING_CONFIG": config}).test_client()
+    body = assert_json_error(client.get("/model-card", headers={"Accept": BROWSER_ACCEPT}), 503)
+    assert "model_card.json" in body["error"] and "dvc repro" in body["error"]
+    assert "(no model card yet)" in client.get("/").get_data(as_text=True)
 
 
 # -- predictions ------------------------------------------------------------------------------

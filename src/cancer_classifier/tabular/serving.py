@@ -231,7 +231,6 @@ def page(task: str):
         model=predictor.info if predictor else None,
         columns=predictor.columns if predictor else (),
         reason=public_text(service.holder.reason),
-        tasks={name: s.config.task for name, s in services().items()},
     )
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, g, jsonify, make_response, render_template, request
 
 from cancer_classifier.chest_ct.serving.inputs import DecodeBudget, decode, from_base64, probe
 from cancer_classifier.core.errors import ModelCardUnavailable
@@ -39,6 +39,24 @@ def _holder():
     return current_app.extensions["model"]
 
 
+@pages.app_context_processor
+def _navigation() -> dict:
+    """Every page's task navigation (base.html), the tabular pages' included."""
+    return {"tasks": task_pages()}
+
+
+def _class_names() -> dict[str, str]:
+    """How pages show each class (serving.class_names); the JSON API keeps the model's names."""
+    config = _holder().config  # None when a test hands over only a predictor
+    return config.class_names if config else {}
+
+
+def _display_names(classes) -> dict[str, str]:
+    """Each class, in the model's order, with its display name (its own name when none is configured)."""
+    names = _class_names()
+    return {name: names.get(name, name) for name in classes}
+
+
 @pages.get("/")
 def index():
     holder = _holder()
@@ -47,10 +65,10 @@ def index():
         "index.html",
         model=predictor.info if predictor else None,
         model_card=predictor is not None and predictor.card.available,
+        display_names=_display_names(predictor.info.classes) if predictor else {},
         reason=public_text(holder.reason),
         max_upload_mb=current_app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024,
         retry_seconds=holder.retry_seconds,
-        tasks=task_pages(),
     )
 
 
@@ -103,13 +121,28 @@ def _card_or_503(read):
         raise ServiceUnavailable(f"no model card: {error}") from None
 
 
+def _wants_html() -> bool:
+    """A browser (text/html preferred); ``*/*``, JSON or no Accept header is a program."""
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
 @api.get("/model-card")
 def model_card():
-    """The served model's card (data, metrics with intervals, limits) as JSON, or ``?format=md`` Markdown."""
+    """The served model's card (data, metrics with intervals, limits) as JSON, a page for a browser, or
+    ``?format=md`` Markdown; ``?format=json`` is JSON whatever the Accept header."""
     predictor = _holder().require()
-    if request.args.get("format", "json").lower() in ("md", "markdown"):
+    requested = request.args.get("format", "").lower()
+    if requested in ("md", "markdown"):
         return model_card_markdown()
-    return jsonify(_card_or_503(predictor.card.document))
+    card = _card_or_503(predictor.card.document)
+    if not requested and _wants_html():
+        response = make_response(render_template(
+            "model_card.html", card=card, model=predictor.info, display_names=_display_names(predictor.info.classes)
+        ))
+    else:
+        response = jsonify(card)
+    response.vary.add("Accept")  # one URL, two representations: caches must not swap them
+    return response
 
 
 @api.get("/model-card.md")
@@ -137,8 +170,19 @@ def monitoring():
     summary = monitor.summary(predictor.input_reference if predictor else None)
     if request.args.get("format") == "json":
         return jsonify(summary)
-    return render_template("monitoring.html", summary=summary, model=predictor.info if predictor else None,
-                           plot=drift_plot(summary))
+    shown = _classes_displayed(summary)
+    return render_template("monitoring.html", summary=shown, model=predictor.info if predictor else None,
+                           plot=drift_plot(shown))
+
+
+def _classes_displayed(summary: dict) -> dict:
+    """The summary with its class mixes keyed by display name, for the page and its plot."""
+    names = _class_names()
+    shown = dict(summary)
+    for key in ("class_mix", "reference_class_mix"):
+        if key in summary:
+            shown[key] = {names.get(name, name): share for name, share in summary[key].items()}
+    return shown
 
 
 @contextmanager

@@ -1,0 +1,44 @@
+// One way for the pages to call the JSON API: send the request, parse the reply, and turn every
+// failure (no network, a non-2xx reply with or without {"error": ...}, a reply that is not JSON)
+// into one Error whose message can be shown as it is.
+(function () {
+  "use strict";
+
+  async function fetchJson(url, options) {
+    const headers = Object.assign({ Accept: "application/json" }, options && options.headers);
+    let response;
+    try {
+      response = await fetch(url, Object.assign({}, options, { headers: headers }));
+    } catch (error) {
+      throw new Error("Could not reach the server: " + error.message);
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (ignored) {
+      body = null; // e.g. a proxy's HTML error page
+    }
+    if (!response.ok) {
+      const message = body && typeof body.error === "string" && body.error;
+      throw new Error(message || "The server answered " + response.status + ".");
+    }
+    if (body === null) throw new Error("The server's reply was not JSON (status " + response.status + ").");
+    return body;
+  }
+
+  // The page's error box (role="alert"): show one message, or hide it.
+  function errorBox(element) {
+    return {
+      show: function (message) {
+        element.textContent = message;
+        element.hidden = false;
+      },
+      clear: function () {
+        element.hidden = true;
+        element.textContent = "";
+      },
+    };
+  }
+
+  window.pageFetch = { json: fetchJson, errorBox: errorBox };
+})();
