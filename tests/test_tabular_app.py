@@ -124,8 +124,19 @@ def test_breast_cancer_page_has_a_form_with_units_and_ranges(tclient):
     assert 'name="mean radius"' in html and 'min="0" max="50"' in html and "(image units)" in html
     assert "breast-cancer-classifier" in html and "not for clinical use" in html
     assert "http://" not in html and "https://" not in html
-    for asset in ("/static/tabular.js", "/static/tabular.css"):
+    for asset in ("/static/fetch.js", "/static/bars.js", "/static/tabular.js", "/static/tabular.css"):
         assert asset in html and tclient.get(asset).status_code == 200
+
+
+def test_the_tabular_pages_extend_the_base_page(tclient):
+    """base.html's banner, task navigation (this task marked current, monitoring included) and footer."""
+    html = tclient.get("/tabular/breast-cancer").get_data(as_text=True)
+    assert '<header class="banner banner-demo" role="note">' in html and "not for clinical use" in html
+    assert '<a href="/tabular/breast-cancer" aria-current="page">' in html and html.count('aria-current="page"') == 1
+    assert '<a href="/">Chest CT</a>' in html and '<a href="/monitoring">Monitoring</a>' in html
+    assert '<a href="/ready">/ready</a>' in html and "<code>POST /predict/breast-cancer</code>" in html
+    chest_ct = tclient.get("/").get_data(as_text=True)
+    assert '<a href="/tabular/breast-cancer">' in chest_ct and '<a href="/" aria-current="page">' in chest_ct
 
 
 def breast_record(breast_rows, **changes) -> dict:
