@@ -19,6 +19,7 @@ from tests.tabular_support import COLORECTAL, run_task, tabular_project
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+DISPLAY_NAMES = ("Adenocarcinoma", "Normal")  # config.yaml's serving.class_names for the tiny model's classes
 
 
 def free_port() -> int:
@@ -101,7 +102,9 @@ def test_upload_a_ct_slice_and_see_label_probabilities_and_heatmap(server, brows
     wait = WebDriverWait(browser, 120)
     wait.until(ready.visibility_of_element_located((By.ID, "result")))
     label = browser.find_element(By.ID, "label").text
-    assert label in ("adenocarcinoma", "normal")
+    assert label in DISPLAY_NAMES  # serving.class_names; /predict answers with the class names
+    names = [name.text for name in browser.find_elements(By.CSS_SELECTOR, "#bars .bar-name")]
+    assert sorted(names) == sorted(DISPLAY_NAMES) and label in names
     bars = browser.find_elements(By.CSS_SELECTOR, "#bars li")
     assert len(bars) == 2 and all("%" in bar.text for bar in bars)
     heatmap = wait.until(ready.visibility_of_element_located((By.ID, "gradcam-img")))
@@ -112,6 +115,86 @@ def test_upload_a_ct_slice_and_see_label_probabilities_and_heatmap(server, brows
     browser.save_screenshot(str(screenshot))
     print(f"\nscreenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
+
+
+def upload_slice(browser, server):
+    """The chest CT page with a real slice classified: the result panel shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    slice_png = next(iter(sorted(shared_path("data/chest-ct/valid").glob("adenocarcinoma*/*.png"))))
+    browser.get(server)
+    browser.find_element(By.ID, "file-input").send_keys(str(slice_png))
+    WebDriverWait(browser, 10).until(ready.element_to_be_clickable((By.ID, "submit"))).click()
+    WebDriverWait(browser, 120).until(ready.visibility_of_element_located((By.ID, "result")))
+
+
+# Whatever the page shows in #label and each .bar-name, none of it may reach past its box or the screen.
+OVERFLOW = """
+const width = window.innerWidth;
+const boxes = [document.getElementById("label"), ...document.querySelectorAll("#bars .bar-name")];
+return {
+  page: document.documentElement.scrollWidth - width,
+  clipped: boxes.filter((box) => box.scrollWidth > box.clientWidth + 1 || box.getBoundingClientRect().right > width)
+    .map((box) => box.textContent),
+  lines: boxes.map((box) => box.getBoundingClientRect().height / parseFloat(getComputedStyle(box).lineHeight)),
+};
+"""
+
+
+def test_long_class_names_wrap_on_a_phone(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 360, "height": 780, "deviceScaleFactor": 2, "mobile": True})
+    upload_slice(browser, server)
+    assert browser.execute_script("return window.innerWidth") == 360
+    assert browser.execute_script(OVERFLOW)["page"] <= 0
+    # The tiny model has two short classes: show the project's longest names, one without spaces.
+    long_names = [["Squamous cell carcinoma", 0.6], ["large.cell.carcinoma", 0.4]]
+    browser.execute_script(
+        "document.getElementById('label').textContent = arguments[0][0][0];"
+        "probabilityBars.render(document.getElementById('bars'), arguments[0], arguments[0][0][0]);", long_names)
+    assert [n.text for n in browser.find_elements(By.CSS_SELECTOR, "#bars .bar-name")] == [n for n, _ in long_names]
+    layout = browser.execute_script(OVERFLOW)
+    assert layout["page"] <= 0 and layout["clipped"] == [], layout
+    assert all(lines >= 1.9 for lines in layout["lines"][1:]), layout  # both bar names wrapped, not squeezed
+
+
+def test_the_model_card_page_from_the_chest_ct_page(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server)
+    browser.find_element(By.LINK_TEXT, "model card").click()  # Chromium's own Accept header: the page
+    WebDriverWait(browser, 10).until(ready.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Model card"))
+    assert browser.current_url == f"{server}/model-card"
+    assert "not for clinical use" in browser.find_element(By.CSS_SELECTOR, "header.banner").text.lower()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#card-metrics tbody tr")
+    assert "ROC-AUC" in [row.find_element(By.TAG_NAME, "td").text for row in rows]
+    assert all(" – " in row.find_elements(By.TAG_NAME, "td")[2].text for row in rows)  # each with its interval
+    assert [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#card-counts th")][1:] == list(DISPLAY_NAMES)
+    assert browser.find_elements(By.CSS_SELECTOR, "#card-limits li")
+
+
+FETCH = """
+const done = arguments[arguments.length - 1];
+pageFetch.json(arguments[0]).then((body) => done({body: body}), (error) => done({error: error.message}));
+"""
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("/nope", "The requested URL was not found on the server."),  # a JSON error reply: its message
+    ("/model-card.md", "The server's reply was not JSON (status 200)."),
+    ("http://127.0.0.1:9/", "Could not reach the server: "),  # blocked as the network would be
+])
+def test_the_fetch_helper_turns_each_failure_into_one_message(server, browser, url, expected):
+    browser.get(server)
+    answer = browser.execute_async_script(FETCH, url)
+    assert expected.lower() in answer.get("error", "").lower(), answer
+    assert browser.execute_async_script(FETCH, "/health")["body"]["status"] == "ok"
 
 
 def test_a_non_image_shows_an_inline_error(server, browser, tmp_path):
