@@ -1,4 +1,5 @@
-"""Blueprints: the upload page, and the JSON API (/predict, /health, /ready, /metrics, /model-card)."""
+"""Blueprints: the pages (upload, monitoring, model card), and the JSON API (/predict, /health, /ready, /metrics,
+/model-card)."""
 
 import base64
 import threading
@@ -51,7 +52,7 @@ def _class_names() -> dict[str, str]:
     return config.class_names if config else {}
 
 
-def _display_names(classes) -> dict[str, str]:
+def _display_names(classes: tuple[str, ...]) -> dict[str, str]:
     """Each class, in the model's order, with its display name (its own name when none is configured)."""
     names = _class_names()
     return {name: names.get(name, name) for name in classes}
