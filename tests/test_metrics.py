@@ -1,5 +1,7 @@
 """Metrics on cases small enough to check by hand, and the bootstrap's behaviour."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,12 @@ def test_the_metric_files_hold_each_interval_bound_as_a_scalar():
     assert with_bounds("baseline_roc_auc", 0.5, [0.3, 0.7]) == {
         "baseline_roc_auc": 0.5, "baseline_roc_auc_ci95_low": 0.3, "baseline_roc_auc_ci95_high": 0.7
     }
+
+
+def test_roc_auc_of_a_sample_missing_a_class_is_undefined_not_a_warning():
+    """A bootstrap resample of a multi-class test set can miss a class: its ROC-AUC is nan, quietly."""
+    proba = np.random.default_rng(0).dirichlet([1, 1, 1], 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(headline_metrics(np.array([0, 1, 1, 0, 1, 0]), proba, positive=0)["roc_auc"])
+        assert not np.isnan(headline_metrics(np.array([0, 1, 2, 0, 1, 2]), proba, positive=0)["roc_auc"])

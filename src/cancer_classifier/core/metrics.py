@@ -26,7 +26,9 @@ def headline_metrics(y_true: np.ndarray, proba: np.ndarray, positive: int) -> di
     """Two classes: metrics of ``positive`` (the cancer class). More: macro averages over classes."""
     n_classes = proba.shape[1]
     y_pred = proba.argmax(axis=1)
-    if len(np.unique(y_true)) < 2:  # a bootstrap resample can hold one class; ROC-AUC is undefined there
+    present = len(np.unique(y_true))
+    # a bootstrap resample can miss a class: its one-vs-rest ROC-AUC, and so the macro average, is undefined
+    if present < 2 or (n_classes > 2 and present < n_classes):
         auc = float("nan")
     elif n_classes == 2:
         auc = roc_auc_score(y_true == positive, proba[:, positive])
