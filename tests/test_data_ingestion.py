@@ -70,8 +70,8 @@ def test_folder_source_checks_every_image(project, kaggle_folder, tmp_path):
     assert not kept & {"Data/train/normal/2.png", f"Data/train/{ADENO}/conflict.png"}
     assert sum(sum(c.values()) for c in report["counts"].values()) == len(rows)
     for row in rows:  # every stored image is decoded RGB, named by its content hash
-        image = Image.open(tmp_path / "artifacts/data_ingestion" / row["file"])
-        assert image.mode == "RGB" and row["sha256"] in row["file"]
+        with Image.open(tmp_path / "artifacts/data_ingestion" / row["file"]) as image:
+            assert image.mode == "RGB" and row["sha256"] in row["file"]
 
 
 def test_near_duplicates_stay_in_one_split(project, kaggle_folder, tmp_path):
@@ -162,6 +162,7 @@ def http_server(tmp_path):
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+    server.server_close()
 
 
 def test_url_source_is_verified_before_use(project, kaggle_folder, tmp_path, http_server):
