@@ -25,16 +25,19 @@
   const classNames = JSON.parse(form.dataset.classNames || "{}");
   let file = null;
   let previewUrl = null;
+  let pending = 0; // the latest request's number: the answer to an older one (another file) is dropped
 
   function shown(name) {
     return classNames[name] || name;
   }
 
   function choose(selected) {
+    pending += 1; // a request still on its way was for the previous file
     error.clear();
     result.hidden = true;
     file = selected || null;
     submit.disabled = !file;
+    submit.textContent = "Classify";
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = null;
     if (!file) {
@@ -84,7 +87,6 @@
     if (files && files.length) choose(files[0]);
   });
 
-
   // in_distribution false: the upload is unlike the training images, so the label is shown as
   // unreliable under a warning; null: this model has no out-of-distribution check.
   function renderOod(body) {
@@ -121,19 +123,25 @@
     event.preventDefault();
     if (!file) return;
     error.clear();
+    const request = ++pending;
     submit.disabled = true;
     submit.textContent = "Classifying…";
     const data = new FormData();
     data.append("file", file);
     try {
       const url = form.action + (explain.checked ? "?explain=1" : "");
-      render(await pageFetch.json(url, { method: "POST", body: data }));
+      const body = await pageFetch.json(url, { method: "POST", body: data });
+      if (request === pending) render(body);
     } catch (failure) {
-      error.show(failure.message);
-      result.hidden = true;
+      if (request === pending) {
+        error.show(failure.message);
+        result.hidden = true;
+      }
     } finally {
-      submit.disabled = !file;
-      submit.textContent = "Classify";
+      if (request === pending) {
+        submit.disabled = !file;
+        submit.textContent = "Classify";
+      }
     }
   });
 })();

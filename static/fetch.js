@@ -4,6 +4,20 @@
 (function () {
   "use strict";
 
+  // A failed reply without {"error": ...} (a proxy's HTML page, or no body): what its status means.
+  const STATUS_MESSAGES = {
+    408: "The server stopped waiting for the request; try again.",
+    413: "The file is too large for the server.",
+    429: "Too many requests; wait a moment and try again.",
+    502: "The server is unavailable; try again in a moment.",
+    503: "The server is unavailable; try again in a moment.",
+    504: "The server took too long to answer; try again in a moment.",
+  };
+
+  function statusMessage(status) {
+    return (STATUS_MESSAGES[status] || "The server could not answer.") + " (HTTP " + status + ")";
+  }
+
   async function fetchJson(url, options) {
     const headers = Object.assign({ Accept: "application/json" }, options && options.headers);
     let response;
@@ -20,7 +34,7 @@
     }
     if (!response.ok) {
       const message = body && typeof body.error === "string" && body.error;
-      throw new Error(message || "The server answered " + response.status + ".");
+      throw new Error(message || statusMessage(response.status));
     }
     if (body === null) throw new Error("The server's reply was not JSON (status " + response.status + ").");
     return body;

@@ -243,6 +243,155 @@ def test_a_missing_model_card_is_a_503_for_browsers_too(serving, tmp_path):
     assert "(no model card yet)" in client.get("/").get_data(as_text=True)
 
 
+def crafted_card(tmp_path, monkeypatch, app, card: dict | str) -> None:
+    """Serve ``card`` (a dict, or raw text) as the module's model's card for the rest of the test."""
+    path = tmp_path / "crafted" / "model_card.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(card if isinstance(card, str) else json.dumps(card))
+    monkeypatch.setattr(app.extensions["model"].predictor.card, "json_path", path)
+
+
+def card_page(client) -> str:
+    response = client.get("/model-card", headers={"Accept": BROWSER_ACCEPT})
+    assert response.status_code == 200 and response.mimetype == "text/html", response.data[:500]
+    html = response.get_data(as_text=True)
+    assert "not for clinical use" in html.split("</header>")[0].lower()
+    return " ".join(html.split())
+
+
+def test_an_old_or_partial_model_card_renders(client, app, serving, monkeypatch, tmp_path):
+    """A card from an older pipeline (no external test, variants or model-input baseline), one without a
+    baseline, or an empty one: a page with what there is, the served model's notice at its head."""
+    card = json.loads(serving.model_card_file.read_text())
+    old = {key: value for key, value in card.items()
+           if key not in ("external_test", "serving_variants", "model_input_baseline", "model_sha256")}
+    old["evaluation"] = {key: value for key, value in card["evaluation"].items() if key != "variant"}
+    crafted_card(tmp_path, monkeypatch, app, old)
+    html = card_page(client)
+    assert "<h2>External test</h2>" not in html and "Servable variants" not in html
+    assert "scored through the app's own path in ." not in html and "averaging." in html
+    assert "<h2>Known limits</h2>" in html and '<table id="card-metrics"' in html
+    crafted_card(tmp_path, monkeypatch, app, {k: v for k, v in card.items() if k != "shortcut_baseline"})
+    assert "Shortcut baseline" not in card_page(client)
+    crafted_card(tmp_path, monkeypatch, app, {})
+    intended_use = app.extensions["model"].predictor.info.intended_use
+    assert f'<p id="card-intended-use" class="notice"><strong>{intended_use}</strong></p>' in card_page(client)
+
+
+@pytest.mark.parametrize("broken", [
+    {"evaluation": {"split": "test split"}},  # no metrics
+    {"evaluation": "see the PDF"},
+    {"evaluation": {"metrics": [0.9], "ci95": [[0.8, 1.0]], "per_class": ["adenocarcinoma"]}},
+    {"evaluation": {"metrics": {"roc_auc": 0.9}, "ci95": {"roc_auc": 0.8}}, "shortcut_baseline": {"model": "x"}},
+    {"shortcut_baseline": {"metrics": 1, "ci95": {"roc_auc": [0.5]}}, "evaluation": {}},
+    {"data": {"counts": {"train": 5}}, "training": {}, "serving_variants": {"servable": 3}, "base_weights": "vgg"},
+    {"data": {"counts": [1, 2]}, "known_limits": "none", "external_test": ["x"]},
+])
+def test_a_card_of_the_wrong_shape_is_a_page_never_a_500(client, app, serving, monkeypatch, tmp_path, broken):
+    """A registered model's card can hold anything: the page shows what it can (never a 500), JSON is the card."""
+    card = json.loads(serving.model_card_file.read_text())
+    crafted_card(tmp_path, monkeypatch, app, card | broken)
+    card_page(client)
+    assert client.get("/model-card").get_json() == json.loads(json.dumps(card | broken))
+
+
+def test_a_card_the_page_cannot_show_is_a_503_naming_the_json(client, app, monkeypatch):
+    from cancer_classifier.chest_ct.serving import routes
+
+    def broken_template(*args, **kwargs):
+        raise TypeError("a card no template foresaw")
+
+    monkeypatch.setattr(routes, "render_template", broken_template)
+    body = assert_json_error(client.get("/model-card", headers={"Accept": BROWSER_ACCEPT}), 503)
+    assert "?format=json" in body["error"] and "card no template foresaw" not in body["error"]
+    assert client.get("/model-card").is_json  # programs still get the card
+
+
+def test_model_card_strings_are_escaped_on_the_page(client, app, serving, monkeypatch, tmp_path):
+    card = json.loads(serving.model_card_file.read_text())
+    hostile = "<script>alert(1)</script>"
+    card |= {"model": hostile, "intended_use": f'"><img src=x onerror=alert(1)>{hostile}', "known_limits": [hostile]}
+    card["data"] = card["data"] | {"source": hostile, "counts": {hostile: {"normal": hostile}}}
+    card["evaluation"] = card["evaluation"] | {"split": hostile, "per_class": {hostile: {"support": hostile}}}
+    crafted_card(tmp_path, monkeypatch, app, card)
+    html = card_page(client)
+    assert "<script>" not in html and "<img src=x" not in html and "&lt;script&gt;" in html
+
+
+def test_the_card_counts_line_up_with_the_class_columns(client, app, serving, monkeypatch, tmp_path):
+    """Each count sits under its class, whatever the order of a split's keys."""
+    card = json.loads(serving.model_card_file.read_text())
+    card["data"] = card["data"] | {"counts": {"train": {"adenocarcinoma": 3, "normal": 7},
+                                              "test": {"normal": 2, "adenocarcinoma": 5}, "external": {"normal": 4}}}
+    crafted_card(tmp_path, monkeypatch, app, card)
+    html = card_page(client)
+    assert "<th>split</th><th>Adenocarcinoma</th><th>Normal</th>" in html
+    assert "<td>train</td><td>3</td><td>7</td>" in html and "<td>test</td><td>5</td><td>2</td>" in html
+    assert "<td>external</td><td>—</td><td>4</td>" in html
+
+
+@pytest.mark.parametrize(("query", "mimetype"), [
+    ("format=html", "text/html"), ("format=HTML", "text/html"), ("format=json", "application/json"),
+    ("format=md", "text/markdown"), ("format=markdown", "text/markdown"), ("format=", "application/json"),
+])
+def test_the_model_card_format_parameter(client, query, mimetype):
+    response = client.get(f"/model-card?{query}", headers={"Accept": "application/json"})
+    assert response.status_code == 200 and response.mimetype == mimetype
+
+
+@pytest.mark.parametrize("value", ["xml", "pdf", "x" * 5000])
+def test_an_unknown_model_card_format_is_a_400(client, value):
+    body = assert_json_error(client.get(f"/model-card?format={value}", headers={"Accept": BROWSER_ACCEPT}), 400)
+    assert "json, html or md" in body["error"] and len(body["error"]) < 200
+
+
+@pytest.mark.parametrize(("accept", "mimetype"), [
+    ("text/html;q=0, application/json", "application/json"),
+    ("application/json, text/html", "application/json"),
+    ("application/json;q=0.1, text/html", "text/html"),
+    ("text/*", "text/html"),
+    (";;;,,=q", "application/json"),  # malformed: a program
+    ("text/html;q=x" + ", x/y" * 1000, "application/json"),
+    ("image/png", "application/json"),
+])
+def test_odd_accept_headers(client, accept, mimetype):
+    for method in ("GET", "HEAD"):
+        response = client.open("/model-card", method=method, headers={"Accept": accept})
+        assert response.status_code == 200 and response.mimetype == mimetype
+        assert "Accept" in response.vary
+
+
+@pytest.mark.parametrize("path", ["/", "/monitoring", "/model-card"])
+def test_the_banner_says_not_for_clinical_use_whatever_the_model_metadata_says(client, app, monkeypatch, path):
+    """The notice is the model's (its metadata); a registered model whose metadata lost it still gets it."""
+    predictor = app.extensions["model"].predictor
+    claim = "Cleared for diagnostic use."
+    monkeypatch.setattr(predictor, "info", dataclasses.replace(predictor.info, intended_use=claim, demo=False))
+    banner = client.get(path, headers={"Accept": BROWSER_ACCEPT}).get_data(as_text=True).split("</header>")[0]
+    assert claim in banner and "<strong>Not for clinical use.</strong>" in banner
+
+
+def test_a_hostile_display_name_reaches_the_script_intact_and_inert(app, serving, metadata):
+    hostile = "N'o\"r<m>&l</script><script>alert(1)</script>"
+    renamed = dataclasses.replace(serving, class_names={"normal": hostile})
+    predictor = app.extensions["model"].predictor
+    client = create_app({"TESTING": True, "SERVING_CONFIG": renamed, "PREDICTOR": predictor}).test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert "<script>alert" not in html
+    assert page_class_names(html) == {"adenocarcinoma": "adenocarcinoma", "normal": hostile}
+    card = client.get("/model-card", headers={"Accept": BROWSER_ACCEPT}).get_data(as_text=True)
+    assert "<script>alert" not in card and str(escape(hostile)) in card
+
+
+def test_the_page_without_a_model_has_the_notice_and_no_dead_card_link(serving, tmp_path):
+    empty = dataclasses.replace(serving, model_dir=tmp_path / "training", registration_file=tmp_path / "none.json")
+    client = create_app({"TESTING": True, "SERVING_CONFIG": empty}).test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert "<strong>Not for clinical use.</strong>" in html.split("</header>")[0]
+    assert "/model-card" not in html and "fetch.js" not in html
+    assert_json_error(client.get("/model-card", headers={"Accept": BROWSER_ACCEPT}), 503)
+
+
 # -- predictions ------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 Needs Debian's chromium and chromium-driver (`.ci/run` installs them); skips with the reason otherwise.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -195,6 +196,92 @@ def test_the_fetch_helper_turns_each_failure_into_one_message(server, browser, u
     answer = browser.execute_async_script(FETCH, url)
     assert expected.lower() in answer.get("error", "").lower(), answer
     assert browser.execute_async_script(FETCH, "/health")["body"]["status"] == "ok"
+
+
+# window.fetch replaced by one that holds each request until the test answers it with a Response.
+HOLD_FETCH = """
+window.heldFetch = [];
+window.fetch = function () { return new Promise(function (resolve) { window.heldFetch.push(resolve); }); };
+"""
+ANSWER = """
+const done = arguments[arguments.length - 1];
+const [index, status, body, type] = arguments;
+window.heldFetch[index](new Response(body, {status: status, headers: type ? {"Content-Type": type} : {}}));
+setTimeout(done, 200);  // the page's handlers run
+"""
+PREDICTION = json.dumps({"label": "normal", "probabilities": {"normal": 0.9, "adenocarcinoma": 0.1},
+                         "in_distribution": True, "ood_score": 0.2})
+
+
+def tiny_png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("L", (8, 8), 128).save(path)
+    return path
+
+
+def held_requests(browser) -> int:
+    return browser.execute_script("return window.heldFetch.length")
+
+
+@pytest.mark.parametrize(("status", "body", "content_type", "expected"), [
+    (502, "<html><h1>502 Bad Gateway</h1></html>", "text/html", "unavailable; try again in a moment. (HTTP 502)"),
+    (413, None, None, "The file is too large for the server. (HTTP 413)"),  # a proxy's limit, no body
+    (504, "", "application/json", "took too long to answer; try again in a moment. (HTTP 504)"),
+    (500, '{"error": 42}', "application/json", "The server could not answer. (HTTP 500)"),
+])
+def test_a_reply_without_an_error_message_is_said_by_its_status(server, browser, status, body, content_type, expected):
+    browser.get(server)
+    browser.execute_script(HOLD_FETCH)
+    pending = browser.execute_async_script(
+        "const done = arguments[0]; window.answer = pageFetch.json('/health')"
+        ".then((b) => ({body: b}), (e) => ({error: e.message})); done(window.heldFetch.length);")
+    assert pending == 1
+    browser.execute_async_script(ANSWER, 0, status, body, content_type)
+    answer = browser.execute_async_script("const done = arguments[0]; window.answer.then(done);")
+    assert expected in answer.get("error", ""), answer
+
+
+def test_a_failed_upload_hides_the_previous_result_and_a_success_the_error(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server)
+    browser.execute_script(HOLD_FETCH)
+    browser.find_element(By.ID, "file-input").send_keys(str(tiny_png(tmp_path / "slice.png")))
+    submit, result, error = (browser.find_element(By.ID, name) for name in ("submit", "result", "error"))
+    submit.click()
+    browser.execute_async_script(ANSWER, 0, 200, PREDICTION, "application/json")
+    assert result.is_displayed() and not error.is_displayed()
+    assert browser.find_element(By.ID, "label").text == "Normal"
+    submit.click()
+    browser.execute_async_script(ANSWER, 1, 413, "<html>Request Entity Too Large</html>", "text/html")
+    assert error.is_displayed() and "too large" in error.text and not result.is_displayed()
+    assert submit.is_enabled() and submit.text == "Classify"
+    submit.click()
+    browser.execute_async_script(ANSWER, 2, 200, PREDICTION, "application/json")
+    assert result.is_displayed() and not error.is_displayed()
+
+
+def test_the_answer_for_a_file_replaced_meanwhile_is_not_shown(server, browser, tmp_path):
+    """Pick another file while the first is being classified: the first one's label must not appear next to it."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server)
+    browser.execute_script(HOLD_FETCH)
+    picker = browser.find_element(By.ID, "file-input")
+    picker.send_keys(str(tiny_png(tmp_path / "first.png")))
+    submit = browser.find_element(By.ID, "submit")
+    submit.click()
+    assert held_requests(browser) == 1 and submit.text == "Classifying…"
+    picker.send_keys(str(tiny_png(tmp_path / "second.png")))
+    assert browser.find_element(By.ID, "preview-caption").text == "second.png"
+    assert submit.is_enabled() and submit.text == "Classify"
+    browser.execute_async_script(ANSWER, 0, 200, PREDICTION, "application/json")  # the first file's answer
+    assert not browser.find_element(By.ID, "result").is_displayed()
+    assert submit.is_enabled() and submit.text == "Classify"
+    submit.click()  # the second file's own answer is shown
+    browser.execute_async_script(ANSWER, 1, 200, PREDICTION, "application/json")
+    assert browser.find_element(By.ID, "result").is_displayed()
 
 
 def test_a_non_image_shows_an_inline_error(server, browser, tmp_path):

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Blueprint, Response, current_app, g, jsonify, make_response, render_template, request
+from jinja2 import TemplateError
 
 from cancer_classifier.chest_ct.serving.inputs import DecodeBudget, decode, from_base64, probe
 from cancer_classifier.core.errors import ModelCardUnavailable
 from cancer_classifier.core.images import image_statistics
+from cancer_classifier.core.logging import logger
 from cancer_classifier.serving import metrics
 from cancer_classifier.serving.errors import (
     SUPPORTED_TYPES,
@@ -127,23 +129,36 @@ def _wants_html() -> bool:
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
+CARD_FORMATS = {"json": "json", "html": "html", "md": "md", "markdown": "md"}
+
+
 @api.get("/model-card")
 def model_card():
     """The served model's card (data, metrics with intervals, limits) as JSON, a page for a browser, or
-    ``?format=md`` Markdown; ``?format=json`` is JSON whatever the Accept header."""
+    ``?format=md`` Markdown; ``?format=json`` or ``?format=html`` whatever the Accept header."""
     predictor = _holder().require()
     requested = request.args.get("format", "").lower()
-    if requested in ("md", "markdown"):
+    if requested and requested not in CARD_FORMATS:
+        raise BadRequest(f"unknown model card format {clip(requested, 20)}: use json, html or md")
+    wanted = CARD_FORMATS.get(requested) or ("html" if _wants_html() else "json")
+    if wanted == "md":
         return model_card_markdown()
     card = _card_or_503(predictor.card.document)
-    if not requested and _wants_html():
-        response = make_response(render_template(
-            "model_card.html", card=card, model=predictor.info, display_names=_display_names(predictor.info.classes)
-        ))
-    else:
-        response = jsonify(card)
+    response = make_response(_card_page(card, predictor.info)) if wanted == "html" else jsonify(card)
     response.vary.add("Accept")  # one URL, two representations: caches must not swap them
     return response
+
+
+def _card_page(card: dict, info) -> str:
+    """The card as a page. A card is data (a registered model's may come from anywhere): one the page
+    cannot show is a 503 naming the JSON, never a 500."""
+    try:
+        return render_template("model_card.html", card=card, model=info, display_names=_display_names(info.classes))
+    except (TemplateError, TypeError, ValueError):
+        logger.exception("model card of %s version %s: cannot be shown as a page", info.name, info.version)
+        raise ServiceUnavailable(
+            "the model card could not be shown as a page (see the server log); /model-card?format=json has it"
+        ) from None
 
 
 @api.get("/model-card.md")
