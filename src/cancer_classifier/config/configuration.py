@@ -7,7 +7,21 @@ values before any stage runs; every error names the file, the key and what was e
 from pathlib import Path
 from typing import Any
 
-from cancer_classifier.config.schema import NUMBER, OPTIONAL_STR, PROMOTION_METRICS, check_schema, flatten
+from cancer_classifier.config.schema import (
+    FRACTION,
+    NUMBER,
+    OPTIONAL_STR,
+    POSITIVE,
+    PROMOTION_METRICS,
+    Check,
+    at_least,
+    between,
+    check_schema,
+    check_values,
+    flatten,
+    is_number,
+    one_of,
+)
 from cancer_classifier.config.tabular import TabularConfiguration
 from cancer_classifier.core import settings
 from cancer_classifier.core.errors import ConfigError
@@ -36,6 +50,7 @@ VGG16_CONV_BLOCKS = 5
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 ENGINES = ("auto", "tensorflow", "openvino")
 HEADS = ("logistic", "mlp")  # modeling.build_head's kinds
+HEX = set("0123456789abcdef")
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "data_ingestion": {
@@ -151,154 +166,25 @@ class ConfigurationManager:
         self.params = read_yaml(self.params_path)
         check_schema(self.config, CONFIG_SCHEMA, self.config_path)
         check_schema(self.params, PARAMS_SCHEMA, self.params_path)
-        self._check_values()
+        for check in (
+            self._check_data_ingestion,
+            self._check_base_model,
+            self._check_features,
+            self._check_training,
+            self._check_evaluation,
+            self.tabular,  # the tabular tasks' sections are checked with everything else
+            self._check_tracking,
+            self._check_serving,
+        ):
+            check()
 
-    # -- validation of values the schema cannot express ------------------------------------
+    # -- validation of values the schema cannot express: one validator beside each section's entity ----
 
-    def _fail_param(self, key: str, expected: str, value: Any) -> None:
-        raise ConfigError(f"{self.params_path}: '{key}' must be {expected}, got {value!r}")
+    def _check_params(self, section: str, checks: dict[str, Check]) -> None:
+        check_values(self.params_path, self.params[section], checks, f"{section}.")
 
-    def _check_values(self) -> None:
-        data, base, train = self.params["data"], self.params["base_model"], self.params["training"]
-        features, tolerance = self.params["features"], self.params["evaluation"]["serving_tolerance"]
-        classes = data["classes"]
-        if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
-            self._fail_param("data.classes", "a list of at least two distinct class names", classes)
-        if data["positive_class"] not in classes:
-            self._fail_param("data.positive_class", f"one of data.classes {classes}", data["positive_class"])
-        split = data["split"]
-        if min(split.values()) <= 0 or abs(sum(split.values()) - 1) > 1e-6:
-            self._fail_param("data.split", "three fractions above 0 that sum to 1", split)
-        for key, value, low in [
-            ("data.near_duplicate_distance", data["near_duplicate_distance"], 0),
-            ("data.synthetic.images_per_class", data["synthetic"]["images_per_class"], 10),
-            ("data.synthetic.image_size", data["synthetic"]["image_size"], VGG16_MIN_IMAGE_SIZE),
-            ("base_model.image_size", base["image_size"], VGG16_MIN_IMAGE_SIZE),
-            ("base_model.dense_units", base["dense_units"], 1),
-            ("training.batch_size", train["batch_size"], 1),
-            ("training.epochs", train["epochs"], 1),
-            ("training.early_stopping_patience", train["early_stopping_patience"], 1),
-            ("features.batch_size", features["batch_size"], 1),
-            ("features.views", features["views"], 1),
-            ("training.ood_components", train["ood_components"], 1),
-            ("training.fine_tune.epochs", train["fine_tune"]["epochs"], 1),
-            ("training.head.cv_folds", train["head"]["cv_folds"], 2),
-            ("evaluation.serving_tolerance.label_changes", tolerance["label_changes"], 0),
-            ("evaluation.serving_tolerance.roc_auc", tolerance["roc_auc"], 0),
-            ("evaluation.bootstrap_resamples", self.params["evaluation"]["bootstrap_resamples"], 100),
-        ]:
-            if value < low:
-                self._fail_param(key, f"at least {low}", value)
-        if not 0 <= train["fine_tune"]["blocks"] <= VGG16_CONV_BLOCKS:
-            self._fail_param(
-                "training.fine_tune.blocks", f"between 0 and {VGG16_CONV_BLOCKS}", train["fine_tune"]["blocks"]
-            )
-        if not 0 <= base["dropout"] < 1:
-            self._fail_param("base_model.dropout", "in [0, 1)", base["dropout"])
-        if features["precision"] not in PRECISIONS:
-            self._fail_param("features.precision", f"one of {PRECISIONS}", features["precision"])
-        if features["engine"] not in ENGINES:
-            self._fail_param("features.engine", f"one of {ENGINES}", features["engine"])
-        head = train["head"]
-        names, strengths = head["candidates"], head["logistic_c"]
-        if not names or not set(names) <= set(HEADS) or len(set(names)) < len(names):
-            self._fail_param("training.head.candidates", f"a list of distinct names from {HEADS}", names)
-        positive = all(isinstance(c, NUMBER) and not isinstance(c, bool) and c > 0 for c in strengths)
-        if "logistic" in names and not (strengths and positive):
-            self._fail_param("training.head.logistic_c", "a list of positive numbers", strengths)
-        if base["pooling"] not in ("avg", "max"):
-            self._fail_param("base_model.pooling", "'avg' or 'max'", base["pooling"])
-        for key, value in [
-            ("learning_rate", train["learning_rate"]),
-            ("fine_tune.learning_rate", train["fine_tune"]["learning_rate"]),
-        ]:
-            if not value > 0:
-                self._fail_param(f"training.{key}", "a positive number", value)
-        if not 0 <= self.params["evaluation"]["shortcut_margin"] < 1:
-            self._fail_param("evaluation.shortcut_margin", "in [0, 1)", self.params["evaluation"]["shortcut_margin"])
-        if not 0.5 <= train["ood_quantile"] <= 1:
-            self._fail_param("training.ood_quantile", "between 0.5 and 1", train["ood_quantile"])
-        for key in ("rotation", "zoom", "contrast"):
-            if not 0 <= features["augmentation"][key] < 1:
-                self._fail_param(f"features.augmentation.{key}", "in [0, 1)", features["augmentation"][key])
-        metric = self.params["evaluation"]["promotion_metric"]
-        if metric not in PROMOTION_METRICS:
-            self._fail_param("evaluation.promotion_metric", f"one of {PROMOTION_METRICS}", metric)
-        weights = base["weights"]
-        if weights not in ("imagenet", "none") and not self._path(weights).is_file():
-            self._fail_param(
-                "base_model.weights", "'imagenet', 'none' or the path of an existing weights file", weights
-            )
-        self._check_source("source")
-        if self.config["data_ingestion"]["external_test"] is not None:
-            self._check_source("external_test")
-        self.tabular()  # the tabular tasks' sections are checked with everything else
-        http = self.config["tracking"]
-        if min(http["http_max_retries"], http["http_backoff_factor"]) < 0 or http["http_timeout_seconds"] < 1:
-            raise ConfigError(
-                f"{self.config_path}: 'tracking.http_max_retries' and 'tracking.http_backoff_factor' must be at "
-                "least 0, 'tracking.http_timeout_seconds' at least 1"
-            )
-        serving = self.config["serving"]
-        if serving["precision"] not in PRECISIONS:
-            raise ConfigError(
-                f"{self.config_path}: 'serving.precision' must be one of {PRECISIONS}, got {serving['precision']!r}"
-            )
-        if serving["engine"] not in ENGINES:
-            raise ConfigError(
-                f"{self.config_path}: 'serving.engine' must be one of {ENGINES}, got {serving['engine']!r}"
-            )
-        monitoring = serving["monitoring"]
-        if monitoring["window"] < 10 or not monitoring["drift_alert_psi"] > 0 or not monitoring["max_log_mb"] > 0:
-            raise ConfigError(
-                f"{self.config_path}: 'serving.monitoring' needs window >= 10 and a positive "
-                "drift_alert_psi and max_log_mb"
-            )
-        if not serving["read_timeout_seconds"] > 0 or not serving["model_retry_seconds"] > 0:
-            raise ConfigError(
-                f"{self.config_path}: 'serving.read_timeout_seconds' and 'serving.model_retry_seconds' must be positive"
-            )
-        limits = [serving["body_deadline_seconds"], serving["predict_wait_seconds"], *serving["decode_budget"].values()]
-        if not all(value > 0 for value in limits):
-            raise ConfigError(
-                f"{self.config_path}: 'serving.body_deadline_seconds', 'serving.predict_wait_seconds' and every "
-                "'serving.decode_budget' value must be positive"
-            )
-        if serving["max_batch"] < 1:
-            raise ConfigError(
-                f"{self.config_path}: 'serving.max_batch' must be at least 1, got {serving['max_batch']!r}"
-            )
-        names = serving["class_names"]
-        if not all(isinstance(key, str) and isinstance(value, str) and value.strip() for key, value in names.items()):
-            raise ConfigError(
-                f"{self.config_path}: 'serving.class_names' must map class names to non-empty display names, "
-                f"got {names!r}"
-            )
-        if not serving["max_upload_mb"] > 0 or not serving["dicom_window"]["width"] > 0:
-            raise ConfigError(
-                f"{self.config_path}: 'serving.max_upload_mb' and 'serving.dicom_window.width' must be positive"
-            )
-
-    def _check_source(self, key: str) -> None:
-        """``data_ingestion.source`` or ``.external_test``: synthetic (source only), a path or a URL with its hash."""
-        ingestion = self.config["data_ingestion"]
-        source, sha_key = ingestion[key], f"{key}_sha256"
-        sha256 = ingestion[sha_key]
-        where = f"{self.config_path}: 'data_ingestion.{key}'"
-        if source.startswith(("http://", "https://")):
-            if not sha256:
-                raise ConfigError(
-                    f"{self.config_path}: 'data_ingestion.{sha_key}' is required for a URL, "
-                    "so a changed or corrupt download is never used"
-                )
-        elif not (source == "synthetic" and key == "source") and not self._path(source).exists():
-            raise ConfigError(
-                f"{where} is {source!r}, which does not exist; expected "
-                f"{chr(39) + 'synthetic' + chr(39) + ', ' if key == 'source' else ''}a folder of class "
-                "subfolders, a .zip of such folders or an http(s) URL"
-            )
-        if sha256 is not None and (len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256.lower())):
-            raise ConfigError(f"{self.config_path}: 'data_ingestion.{sha_key}' must be 64 hex digits, got {sha256!r}")
+    def _check_config(self, section: str, checks: dict[str, Check]) -> None:
+        check_values(self.config_path, self.config[section], checks, f"{section}.")
 
     # -- entities --------------------------------------------------------------------------
 
@@ -308,6 +194,44 @@ class ConfigurationManager:
 
     def _dir(self, stage: str) -> Path:
         return self._path(self.config[stage]["root_dir"])
+
+    def _check_data_ingestion(self) -> None:
+        classes = self.params["data"]["classes"]
+        distinct = all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes) >= 2
+        self._check_params("data", {
+            "classes": Check(lambda _: distinct, "a list of at least two distinct class names"),
+            "positive_class": one_of(classes, f"one of data.classes {classes}"),
+            "split": Check(
+                lambda split: min(split.values()) > 0 and abs(sum(split.values()) - 1) <= 1e-6,
+                "three fractions above 0 that sum to 1",
+            ),
+            "near_duplicate_distance": at_least(0),
+            "synthetic.images_per_class": at_least(10),
+            "synthetic.image_size": at_least(VGG16_MIN_IMAGE_SIZE),
+        })
+        self._check_source("source")
+        if self.config["data_ingestion"]["external_test"] is not None:
+            self._check_source("external_test")
+
+    def _check_source(self, key: str) -> None:
+        """``data_ingestion.source`` or ``.external_test``: synthetic (source only), a path or a URL with its hash."""
+        ingestion = self.config["data_ingestion"]
+        source, sha_key = ingestion[key], f"{key}_sha256"
+        sha256 = ingestion[sha_key]
+        if source.startswith(("http://", "https://")):
+            if not sha256:
+                raise ConfigError(
+                    f"{self.config_path}: 'data_ingestion.{sha_key}' is required for a URL, "
+                    "so a changed or corrupt download is never used"
+                )
+        elif not (source == "synthetic" and key == "source") and not self._path(source).exists():
+            raise ConfigError(
+                f"{self.config_path}: 'data_ingestion.{key}' is {source!r}, which does not exist; expected "
+                f"{chr(39) + 'synthetic' + chr(39) + ', ' if key == 'source' else ''}a folder of class "
+                "subfolders, a .zip of such folders or an http(s) URL"
+            )
+        hex_digits = Check(lambda sha: sha is None or (len(sha) == 64 and set(sha.lower()) <= HEX), "64 hex digits")
+        self._check_config("data_ingestion", {sha_key: hex_digits})
 
     def data_ingestion(self) -> DataIngestionConfig:
         ingestion, data = self.config["data_ingestion"], self.params["data"]
@@ -336,6 +260,18 @@ class ConfigurationManager:
         weights = self.params["base_model"]["weights"]
         return weights if weights in ("imagenet", "none") else str(self._path(weights))
 
+    def _check_base_model(self) -> None:
+        self._check_params("base_model", {
+            "image_size": at_least(VGG16_MIN_IMAGE_SIZE),
+            "dense_units": at_least(1),
+            "dropout": FRACTION,
+            "pooling": one_of(("avg", "max"), "'avg' or 'max'"),
+            "weights": Check(
+                lambda weights: weights in ("imagenet", "none") or self._path(weights).is_file(),
+                "'imagenet', 'none' or the path of an existing weights file",
+            ),
+        })
+
     def prepare_base_model(self) -> PrepareBaseModelConfig:
         base = self.params["base_model"]
         return PrepareBaseModelConfig(
@@ -358,6 +294,15 @@ class ConfigurationManager:
             contrast=float(augmentation["contrast"]),
         )
 
+    def _check_features(self) -> None:
+        self._check_params("features", {
+            "batch_size": at_least(1),
+            "views": at_least(1),
+            "precision": one_of(PRECISIONS),
+            "engine": one_of(ENGINES),
+            **{f"augmentation.{key}": FRACTION for key in ("rotation", "zoom", "contrast")},
+        })
+
     def features(self) -> FeaturesConfig:
         features = self.params["features"]
         return FeaturesConfig(
@@ -372,6 +317,29 @@ class ConfigurationManager:
             precision=features["precision"],
             engine=features["engine"],
         )
+
+    def _check_training(self) -> None:
+        names = self.params["training"]["head"]["candidates"]
+        self._check_params("training", {
+            "batch_size": at_least(1),
+            "epochs": at_least(1),
+            "learning_rate": POSITIVE,
+            "early_stopping_patience": at_least(1),
+            "head.candidates": Check(
+                lambda _: bool(names) and set(names) <= set(HEADS) and len(set(names)) == len(names),
+                f"a list of distinct names from {HEADS}",
+            ),
+            "head.logistic_c": Check(  # only the logistic head uses them
+                lambda c: "logistic" not in names or (bool(c) and all(is_number(v) and v > 0 for v in c)),
+                "a list of positive numbers",
+            ),
+            "head.cv_folds": at_least(2),
+            "ood_components": at_least(1),
+            "ood_quantile": between(0.5, 1),
+            "fine_tune.blocks": between(0, VGG16_CONV_BLOCKS),
+            "fine_tune.epochs": at_least(1),
+            "fine_tune.learning_rate": POSITIVE,
+        })
 
     def training(self) -> TrainingConfig:
         train = self.params["training"]
@@ -401,6 +369,15 @@ class ConfigurationManager:
             tracking=self.tracking(),
         )
 
+    def _check_evaluation(self) -> None:
+        self._check_params("evaluation", {
+            "promotion_metric": one_of(PROMOTION_METRICS),
+            "bootstrap_resamples": at_least(100),
+            "shortcut_margin": FRACTION,
+            "serving_tolerance.label_changes": at_least(0),
+            "serving_tolerance.roc_auc": at_least(0),
+        })
+
     def evaluation(self) -> EvaluationConfig:
         evaluation = self.params["evaluation"]
         return EvaluationConfig(
@@ -416,6 +393,13 @@ class ConfigurationManager:
             tolerated_label_changes=evaluation["serving_tolerance"]["label_changes"],
             tolerated_roc_auc_change=float(evaluation["serving_tolerance"]["roc_auc"]),
         )
+
+    def _check_tracking(self) -> None:
+        self._check_config("tracking", {
+            "http_max_retries": at_least(0),
+            "http_timeout_seconds": at_least(1),
+            "http_backoff_factor": at_least(0),
+        })
 
     def tracking(self) -> TrackingConfig:
         tracking = self.config["tracking"]
@@ -435,6 +419,25 @@ class ConfigurationManager:
                 tracking["http_max_retries"], tracking["http_timeout_seconds"], tracking["http_backoff_factor"]
             ),
         )
+
+    def _check_serving(self) -> None:
+        self._check_config("serving", {
+            "max_upload_mb": POSITIVE,
+            "class_names": Check(
+                lambda names: all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in names.items()),
+                "a mapping of class names to non-empty display names",
+            ),
+            "dicom_window.width": POSITIVE,
+            "precision": one_of(PRECISIONS),
+            "engine": one_of(ENGINES),
+            "max_batch": at_least(1),
+            **dict.fromkeys(("read_timeout_seconds", "body_deadline_seconds", "predict_wait_seconds"), POSITIVE),
+            **{f"decode_budget.{key}": POSITIVE for key in CONFIG_SCHEMA["serving"]["decode_budget"]},
+            "model_retry_seconds": POSITIVE,
+            "monitoring.window": at_least(10),
+            "monitoring.drift_alert_psi": POSITIVE,
+            "monitoring.max_log_mb": POSITIVE,
+        })
 
     def serving(self) -> ServingConfig:
         serving = self.config["serving"]

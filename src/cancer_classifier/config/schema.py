@@ -1,8 +1,11 @@
-"""Schema checks both configuration readers share: missing or unknown keys and wrong types, each error
-naming the file, the key and what was expected."""
+"""Checks both configuration readers share, each error naming the file, the key and what was expected:
+the schema (missing or unknown keys, wrong types), then the values (``check_values`` with a table of
+``Check`` rules such as ``at_least(1)``, ``one_of(...)``, ``POSITIVE`` or ``FRACTION``)."""
 
+from collections.abc import Callable, Collection
+from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from cancer_classifier.core.errors import ConfigError
 
@@ -48,3 +51,50 @@ def check_schema(values: Any, schema: dict[str, Any], file: Path, prefix: str = 
             raise ConfigError(
                 f"{file}: '{prefix}{key}' must be {_type_names(expected)}, got {value!r} ({type(value).__name__})"
             )
+
+
+# -- values the schema cannot express --------------------------------------------------------
+
+
+class Check(NamedTuple):
+    """One rule for a value: ``ok(value)`` is true when it is good; ``expected`` ends "must be ..."."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+def fail(file: Path, key: str, expected: str, value: Any) -> NoReturn:
+    raise ConfigError(f"{file}: '{key}' must be {expected}, got {value!r}")
+
+
+def check_values(file: Path, values: dict, checks: dict[str, Check], prefix: str = "") -> None:
+    """Apply each check to its value (a dotted key into ``values``), in order; the first failure is the error.
+
+    ``prefix`` is where ``values`` sits in ``file`` (``"serving."``), so the error names the whole key.
+    """
+    for key, (ok, expected) in checks.items():
+        value = reduce(lambda section, part: section[part], key.split("."), values)
+        if not ok(value):
+            fail(file, prefix + key, expected, value)
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (which YAML's true would otherwise pass as)."""
+    return isinstance(value, NUMBER) and not isinstance(value, bool)
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda value: value >= low, f"at least {low}")
+
+
+def between(low: float, high: float) -> Check:
+    return Check(lambda value: low <= value <= high, f"between {low} and {high}")
+
+
+def one_of(choices: Collection, expected: str | None = None) -> Check:
+    return Check(lambda value: value in choices, expected or f"one of {choices}")
+
+
+POSITIVE = Check(lambda value: value > 0, "a positive number")
+FRACTION = Check(lambda value: 0 <= value < 1, "in [0, 1)")  # 0 allowed: a dropout or a margin of none
+OPEN_FRACTION = Check(lambda value: 0 < value < 1, "a fraction in (0, 1)")
