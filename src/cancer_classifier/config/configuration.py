@@ -178,7 +178,7 @@ class ConfigurationManager:
         ):
             check()
 
-    # -- validation of values the schema cannot express: one validator beside each section's entity ----
+    # -- values the schema cannot express: each section's validator sits beside its entity below ----
 
     def _check_params(self, section: str, checks: dict[str, Check]) -> None:
         check_values(self.params_path, self.params[section], checks, f"{section}.")
@@ -186,7 +186,7 @@ class ConfigurationManager:
     def _check_config(self, section: str, checks: dict[str, Check]) -> None:
         check_values(self.config_path, self.config[section], checks, f"{section}.")
 
-    # -- entities --------------------------------------------------------------------------
+    # -- entities, each after its section's validator --------------------------------------------
 
     def _path(self, value: str) -> Path:
         path = Path(value).expanduser()

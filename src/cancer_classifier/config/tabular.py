@@ -13,7 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cancer_classifier.config.schema import NUMBER, OPTIONAL_STR, PROMOTION_METRICS, check_schema, flatten
+from cancer_classifier.config.schema import (
+    NUMBER,
+    OPEN_FRACTION,
+    OPTIONAL_STR,
+    POSITIVE,
+    PROMOTION_METRICS,
+    Check,
+    at_least,
+    check_schema,
+    check_values,
+    fail,
+    flatten,
+    is_number,
+    one_of,
+)
 from cancer_classifier.core import settings
 from cancer_classifier.core.errors import ConfigError
 from cancer_classifier.core.io import read_yaml
@@ -101,12 +115,10 @@ class TabularConfiguration:
         self._resolve, self._shared_tracking = resolve, tracking
         schema = {"root_dir": str, "scores_dir": str, "max_rows": int, "tasks": dict}
         check_schema(self.config, schema, self.config_file, "tabular.")
-        if self.config["max_rows"] < 1:
-            self._fail(self.config_file, "tabular.max_rows", "at least 1", self.config["max_rows"])
+        check_values(self.config_file, self.config, {"max_rows": at_least(1)}, "tabular.")
         for task, section in self.config["tasks"].items():
             check_schema(section, TASK_CONFIG_SCHEMA, self.config_file, f"tabular.tasks.{task}.")
-            if section["kind"] not in TASK_KINDS:
-                self._fail(self.config_file, f"tabular.tasks.{task}.kind", f"one of {TASK_KINDS}", section["kind"])
+            check_values(self.config_file, section, {"kind": one_of(TASK_KINDS)}, f"tabular.tasks.{task}.")
         self.columns = self._read_schemas()
         self._check_params()
 
@@ -129,10 +141,6 @@ class TabularConfiguration:
 
     # -- validation ------------------------------------------------------------------------
 
-    @staticmethod
-    def _fail(file, key: str, expected: str, value: Any) -> None:
-        raise ConfigError(f"{file}: '{key}' must be {expected}, got {value!r}")
-
     def _read_schemas(self) -> dict[str, dict]:
         """Every configured task's column schemas, one file per task, no file for a task that is not configured."""
         folder = self.schemas_dir
@@ -153,9 +161,11 @@ class TabularConfiguration:
     def _check_params(self) -> None:
         schema = {"enabled": list} | {task: TASK_PARAMS_SCHEMA for task in self.tasks}
         check_schema(self.params, schema, self.params_file, "tabular.")
-        enabled = self.params["enabled"]
-        if not set(enabled) <= set(self.tasks) or len(set(enabled)) != len(enabled):
-            self._fail(self.params_file, "tabular.enabled", f"distinct task names from {list(self.tasks)}", enabled)
+        distinct = Check(
+            lambda enabled: set(enabled) <= set(self.tasks) and len(set(enabled)) == len(enabled),
+            f"distinct task names from {list(self.tasks)}",
+        )
+        check_values(self.params_file, self.params, {"enabled": distinct}, "tabular.")
         for task in self.tasks:
             self._check_data(task, self.params[task]["data"])
             self._check_columns(task, self.params[task]["data"])
@@ -163,19 +173,19 @@ class TabularConfiguration:
             self._check_evaluation(task, self.params[task]["evaluation"])
 
     def _check_data(self, task: str, data: dict) -> None:
-        key = f"tabular.{task}.data"
         classes = data["classes"]
-        if len(classes) != 2 or len(set(classes)) != 2 or not all(isinstance(c, str) for c in classes):
-            self._fail(self.params_file, f"{key}.classes", "two distinct class names (strings)", classes)
-        if data["positive_class"] not in classes:
-            self._fail(self.params_file, f"{key}.positive_class", f"one of {classes}", data["positive_class"])
-        for policy in ("on_invalid", "on_duplicate"):
-            if data[policy] not in POLICIES:
-                self._fail(self.params_file, f"{key}.{policy}", f"one of {POLICIES}", data[policy])
-        if not 0 < data["test_size"] < 1:
-            self._fail(self.params_file, f"{key}.test_size", "a fraction in (0, 1)", data["test_size"])
-        if not all(isinstance(c, str) for c in data["drop_columns"]):
-            self._fail(self.params_file, f"{key}.drop_columns", "a list of column names", data["drop_columns"])
+        strings = Check(lambda names: all(isinstance(name, str) for name in names), "a list of column names")
+        check_values(self.params_file, data, {
+            "classes": Check(
+                lambda _: all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes) == 2,
+                "two distinct class names (strings)",
+            ),
+            "positive_class": one_of(classes),
+            "on_invalid": one_of(POLICIES),
+            "on_duplicate": one_of(POLICIES),
+            "test_size": OPEN_FRACTION,
+            "drop_columns": strings,
+        }, f"tabular.{task}.data.")
 
     def _check_columns(self, task: str, data: dict) -> None:
         """The task's schema file: one valid spec per column, none of them the target or a dropped column."""
@@ -193,66 +203,62 @@ class TabularConfiguration:
                 raise ConfigError(f"{file}: column names must be strings (quote them), got {name!r}")
             self._check_column(file, name, spec)
 
-    def _check_column(self, file: Path, key: str, spec: Any) -> None:
+    @staticmethod
+    def _check_column(file: Path, key: str, spec: Any) -> None:
+        """One column's spec (``key`` is the column's name: it may hold dots, so no dotted lookups here)."""
         if not isinstance(spec, dict) or spec.get("type") not in COLUMN_TYPES:
-            self._fail(file, f"{key}.type", f"one of {COLUMN_TYPES}", spec)
+            fail(file, f"{key}.type", f"one of {COLUMN_TYPES}", spec)
         if spec["type"] == "category":
             if set(spec) != CATEGORY_COLUMN_KEYS:
-                self._fail(file, key, f"a mapping with the keys {sorted(CATEGORY_COLUMN_KEYS)}", spec)
+                fail(file, key, f"a mapping with the keys {sorted(CATEGORY_COLUMN_KEYS)}", spec)
             categories = spec["categories"]
             distinct = isinstance(categories, list) and len(set(map(str, categories))) == len(categories)
             if not categories or not distinct or not all(isinstance(c, str) for c in categories):
-                self._fail(file, f"{key}.categories", "a list of distinct strings", categories)
+                fail(file, f"{key}.categories", "a list of distinct strings", categories)
             return
         if set(spec) != NUMERIC_COLUMN_KEYS:
-            self._fail(file, key, f"a mapping with the keys {sorted(NUMERIC_COLUMN_KEYS)}", spec)
+            fail(file, key, f"a mapping with the keys {sorted(NUMERIC_COLUMN_KEYS)}", spec)
         low, high = spec["min"], spec["max"]
-        if not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-            self._fail(file, f"{key}.min/max", "two numbers with min < max", [low, high])
+        if not (is_number(low) and is_number(high) and low < high):
+            fail(file, f"{key}.min/max", "two numbers with min < max", [low, high])
         if not isinstance(spec["unit"], str):
-            self._fail(file, f"{key}.unit", "a string ('' when unitless)", spec["unit"])
+            fail(file, f"{key}.unit", "a string ('' when unitless)", spec["unit"])
 
     def _check_model(self, task: str, model: dict, columns: dict) -> None:
-        key = f"tabular.{task}.model"
-        if model["kind"] not in MODEL_KINDS:
-            self._fail(self.params_file, f"{key}.kind", f"one of {MODEL_KINDS}", model["kind"])
-        features = model["features"]
-        if features != "all" and (not isinstance(features, list) or not features or not set(features) <= set(columns)):
-            self._fail(
-                self.params_file, f"{key}.features", f"'all' or a list of columns {self.schema_file(task)} declares",
-                features,
-            )
-        keras = model["keras"]
-        units, fraction = keras["hidden_units"], keras["validation_fraction"]
-        if not units or not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units):
-            self._fail(self.params_file, f"{key}.keras.hidden_units", "a list of positive layer widths", units)
-        if not 0 < fraction < 1:
-            self._fail(self.params_file, f"{key}.keras.validation_fraction", "a fraction in (0, 1)", fraction)
-        for name, value in [
-            ("logistic_regression.C", model["logistic_regression"]["C"]),
-            ("logistic_regression.max_iter", model["logistic_regression"]["max_iter"]),
-            ("random_forest.n_estimators", model["random_forest"]["n_estimators"]),
-            ("random_forest.min_samples_leaf", model["random_forest"]["min_samples_leaf"]),
-            ("hist_gradient_boosting.learning_rate", model["hist_gradient_boosting"]["learning_rate"]),
-            ("hist_gradient_boosting.max_iter", model["hist_gradient_boosting"]["max_iter"]),
-            ("hist_gradient_boosting.max_leaf_nodes", model["hist_gradient_boosting"]["max_leaf_nodes"]),
-            ("keras.epochs", keras["epochs"]),
-            ("keras.batch_size", keras["batch_size"]),
-            ("keras.learning_rate", keras["learning_rate"]),
-            ("keras.patience", keras["patience"]),
-        ]:
-            if not value > 0:
-                self._fail(self.params_file, f"{key}.{name}", "a positive number", value)
+        declared = Check(
+            lambda f: f == "all" or (isinstance(f, list) and bool(f) and set(f) <= set(columns)),
+            f"'all' or a list of columns {self.schema_file(task)} declares",
+        )
+        widths = Check(
+            lambda units: bool(units) and all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units),
+            "a list of positive layer widths",
+        )
+        check_values(self.params_file, model, {
+            "kind": one_of(MODEL_KINDS),
+            "features": declared,
+            "keras.hidden_units": widths,
+            "keras.validation_fraction": OPEN_FRACTION,
+            **dict.fromkeys((
+                "logistic_regression.C",
+                "logistic_regression.max_iter",
+                "random_forest.n_estimators",
+                "random_forest.min_samples_leaf",
+                "hist_gradient_boosting.learning_rate",
+                "hist_gradient_boosting.max_iter",
+                "hist_gradient_boosting.max_leaf_nodes",
+                "keras.epochs",
+                "keras.batch_size",
+                "keras.learning_rate",
+                "keras.patience",
+            ), POSITIVE),
+        }, f"tabular.{task}.model.")
 
     def _check_evaluation(self, task: str, evaluation: dict) -> None:
-        key, folds, metric = f"tabular.{task}.evaluation", evaluation["cv_folds"], evaluation["promotion_metric"]
-        if folds == 1 or folds < 0:
-            self._fail(self.params_file, f"{key}.cv_folds", "0 (no cross-validation) or at least 2", folds)
-        resamples = evaluation["bootstrap_resamples"]
-        if resamples < 100:
-            self._fail(self.params_file, f"{key}.bootstrap_resamples", "at least 100", resamples)
-        if metric not in PROMOTION_METRICS:
-            self._fail(self.params_file, f"{key}.promotion_metric", f"one of {PROMOTION_METRICS}", metric)
+        check_values(self.params_file, evaluation, {
+            "cv_folds": Check(lambda folds: folds == 0 or folds >= 2, "0 (no cross-validation) or at least 2"),
+            "bootstrap_resamples": at_least(100),
+            "promotion_metric": one_of(PROMOTION_METRICS),
+        }, f"tabular.{task}.evaluation.")
 
     # -- entities --------------------------------------------------------------------------
 
