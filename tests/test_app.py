@@ -667,3 +667,11 @@ def test_registry_without_the_model_is_a_clear_503(serving, tmp_path):
     ready = create_app({"TESTING": True, "SERVING_CONFIG": config}).test_client().get("/ready")
     assert ready.status_code == 503
     assert "models:/chest-ct-classifier@champion" in ready.get_json()["reason"]
+
+
+def test_a_card_whose_classes_are_not_a_list_is_a_503_and_the_page_still_serves(client, app, monkeypatch, tmp_path):
+    crafted_card(tmp_path, monkeypatch, app, {"classes": 3})
+    for accept in (BROWSER_ACCEPT, "application/json"):
+        body = assert_json_error(client.get("/model-card", headers={"Accept": accept}), 503)
+        assert "classes are not a list" in body["error"]
+    assert client.get("/").status_code == 200

@@ -68,6 +68,8 @@ class ModelCard:
         if not isinstance(document, dict):
             raise ModelCardUnavailable("the model card is not a JSON object")
         card_classes = document.get("classes")
+        if card_classes is not None and not isinstance(card_classes, list):
+            raise ModelCardUnavailable("the model card's classes are not a list")
         if self.classes is not None and card_classes is not None and tuple(card_classes) != self.classes:
             raise ModelCardUnavailable(
                 "the model card describes a model with other classes than the served one: run `dvc repro`"
