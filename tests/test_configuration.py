@@ -51,6 +51,23 @@ def test_tracking_uri_comes_from_environment_when_set(project, monkeypatch):
             {},
             "'data_ingestion.source_sha256' is required",
         ),
+        (
+            {"data_ingestion": {"external_test": "https://example.org/test.zip"}},
+            {},
+            "config.yaml: 'data_ingestion.external_test_sha256' is required",
+        ),
+        (
+            {"data_ingestion": {"external_test": "no/such/test"}},
+            {},
+            "config.yaml: 'data_ingestion.external_test' is 'no/such/test', which does not exist; expected a folder",
+        ),
+        ({"data_ingestion": {"source_sha256": "abc"}}, {}, "'data_ingestion.source_sha256' must be 64 hex digits"),
+        (
+            {"serving": {"class_names": {"normal": " "}}},
+            {},
+            "config.yaml: 'serving.class_names' must be a mapping of class names to non-empty display names",
+        ),
+        ({}, {"data": {"classes": ["normal", ["adenocarcinoma"]]}}, "'data.classes' must be a list of at least two"),
     ],
 )
 def test_bad_values_name_file_key_and_expectation(project, config, params, message):
@@ -58,6 +75,105 @@ def test_bad_values_name_file_key_and_expectation(project, config, params, messa
         project(config=config, params=params)
     assert message in str(error.value)
     assert ".yaml" in str(error.value)
+
+
+# Every value check with no case above: (file, dotted key, a bad value, what the message expects).
+VALUE_CHECKS = [
+    ("params", "data.near_duplicate_distance", -1, "at least 0"),
+    ("params", "data.synthetic.images_per_class", 9, "at least 10"),
+    ("params", "data.synthetic.image_size", 31, "at least 32"),
+    ("params", "base_model.dense_units", 0, "at least 1"),
+    ("params", "base_model.dropout", 1, "in [0, 1)"),
+    ("params", "features.batch_size", 0, "at least 1"),
+    ("params", "features.views", 0, "at least 1"),
+    ("params", "features.precision", "float16", "one of ('auto', 'float32', 'mixed_bfloat16')"),
+    ("params", "features.augmentation.rotation", 1, "in [0, 1)"),
+    ("params", "features.augmentation.zoom", -0.1, "in [0, 1)"),
+    ("params", "features.augmentation.contrast", 1.5, "in [0, 1)"),
+    ("params", "training.batch_size", 0, "at least 1"),
+    ("params", "training.learning_rate", 0, "a positive number"),
+    ("params", "training.early_stopping_patience", 0, "at least 1"),
+    ("params", "training.head.candidates", ["svm"], "a list of distinct names from ('logistic', 'mlp')"),
+    ("params", "training.head.candidates", ["mlp", "mlp"], "a list of distinct names from ('logistic', 'mlp')"),
+    ("params", "training.head.candidates", [], "a list of distinct names from ('logistic', 'mlp')"),
+    ("params", "training.head.logistic_c", [], "a list of positive numbers"),
+    ("params", "training.head.logistic_c", [0.1, True], "a list of positive numbers"),
+    ("params", "training.head.cv_folds", 1, "at least 2"),
+    ("params", "training.ood_components", 0, "at least 1"),
+    ("params", "training.ood_quantile", 0.4, "between 0.5 and 1"),
+    ("params", "training.fine_tune.blocks", -1, "between 0 and 5"),
+    ("params", "training.fine_tune.epochs", 0, "at least 1"),
+    ("params", "training.fine_tune.learning_rate", -0.1, "a positive number"),
+    ("params", "evaluation.bootstrap_resamples", 99, "at least 100"),
+    ("params", "evaluation.shortcut_margin", 1, "in [0, 1)"),
+    ("params", "evaluation.serving_tolerance.label_changes", -1, "at least 0"),
+    ("config", "tracking.http_max_retries", -1, "at least 0"),
+    ("config", "tracking.http_timeout_seconds", 0, "at least 1"),
+    ("config", "tracking.http_backoff_factor", -1, "at least 0"),
+    ("config", "serving.max_upload_mb", 0, "a positive number"),
+    ("config", "serving.dicom_window.width", 0, "a positive number"),
+    ("config", "serving.precision", "bf16", "one of ('auto', 'float32', 'mixed_bfloat16')"),
+    ("config", "serving.max_batch", 0, "at least 1"),
+    ("config", "serving.read_timeout_seconds", 0, "a positive number"),
+    ("config", "serving.body_deadline_seconds", -1, "a positive number"),
+    ("config", "serving.predict_wait_seconds", 0, "a positive number"),
+    ("config", "serving.decode_budget.max_image_pixels", 0, "a positive number"),
+    ("config", "serving.decode_budget.max_request_pixels", 0, "a positive number"),
+    ("config", "serving.decode_budget.max_image_decoded_mb", 0, "a positive number"),
+    ("config", "serving.decode_budget.max_request_decoded_mb", -1.5, "a positive number"),
+    ("config", "serving.model_retry_seconds", 0, "a positive number"),
+    ("config", "serving.monitoring.window", 9, "at least 10"),
+    ("config", "serving.monitoring.drift_alert_psi", 0, "a positive number"),
+    ("config", "serving.monitoring.max_log_mb", 0, "a positive number"),
+    # the tabular tasks' sections (config/tabular.py; tests/test_tabular_data.py has the others)
+    ("config", "tabular.max_rows", 0, "at least 1"),
+    ("config", "tabular.tasks.breast-cancer.kind", "screening", "one of ('diagnostic', 'prognostic')"),
+    ("params", "tabular.breast-cancer.data.classes", ["benign"], "two distinct class names (strings)"),
+    ("params", "tabular.breast-cancer.data.on_duplicate", "keep", "one of ('fail', 'drop')"),
+    ("params", "tabular.breast-cancer.data.test_size", 1, "a fraction in (0, 1)"),
+    ("params", "tabular.breast-cancer.data.drop_columns", [1], "a list of column names"),
+    ("params", "tabular.breast-cancer.model.keras.validation_fraction", 0, "a fraction in (0, 1)"),
+    *[
+        ("params", f"tabular.breast-cancer.model.{key}", 0, "a positive number")
+        for key in (
+            "logistic_regression.C",
+            "logistic_regression.max_iter",
+            "random_forest.n_estimators",
+            "random_forest.min_samples_leaf",
+            "hist_gradient_boosting.learning_rate",
+            "hist_gradient_boosting.max_iter",
+            "hist_gradient_boosting.max_leaf_nodes",
+            "keras.epochs",
+            "keras.batch_size",
+            "keras.learning_rate",
+            "keras.patience",
+        )
+    ],
+    ("params", "tabular.breast-cancer.evaluation.cv_folds", -1, "0 (no cross-validation) or at least 2"),
+    ("params", "tabular.breast-cancer.evaluation.bootstrap_resamples", 99, "at least 100"),
+    (
+        "params",
+        "tabular.breast-cancer.evaluation.promotion_metric",
+        "loss",
+        "one of ('roc_auc', 'accuracy', 'f1', 'sensitivity', 'specificity', 'jaccard')",
+    ),
+]
+
+
+def nested(key: str, value) -> dict:
+    """The override setting one dotted key: ``{"a": {"b": value}}`` for ``"a.b"``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("file", "key", "value", "expected"), VALUE_CHECKS, ids=[f"{key}={value!r}" for _, key, value, _ in VALUE_CHECKS]
+)
+def test_each_value_check_names_file_key_expectation_and_value(project, file, key, value, expected):
+    with pytest.raises(ConfigError) as error:
+        project(**{file: nested(key, value)})
+    assert str(error.value).endswith(f"{file}.yaml: '{key}' must be {expected}, got {value!r}")
 
 
 def test_missing_key_is_named(project, tmp_path):
