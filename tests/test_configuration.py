@@ -4,10 +4,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cancer_classifier.config import ConfigurationManager
 from cancer_classifier.core.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, write_project
 
 
 def test_repo_config_gives_frozen_typed_entities():
@@ -62,6 +63,11 @@ def test_tracking_uri_comes_from_environment_when_set(project, monkeypatch):
             "config.yaml: 'data_ingestion.external_test' is 'no/such/test', which does not exist; expected a folder",
         ),
         ({"data_ingestion": {"source_sha256": "abc"}}, {}, "'data_ingestion.source_sha256' must be 64 hex digits"),
+        (
+            {"data_ingestion": {"external_test": "https://example.org/test.zip", "external_test_sha256": "g" * 64}},
+            {},
+            "config.yaml: 'data_ingestion.external_test_sha256' must be 64 hex digits",
+        ),
         (
             {"serving": {"class_names": {"normal": " "}}},
             {},
@@ -174,6 +180,26 @@ def test_each_value_check_names_file_key_expectation_and_value(project, file, ke
     with pytest.raises(ConfigError) as error:
         project(**{file: nested(key, value)})
     assert str(error.value).endswith(f"{file}.yaml: '{key}' must be {expected}, got {value!r}")
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        (
+            {"type": "category", "categories": ["a"], "unit": ""},
+            "'site' must be a mapping with the keys ['categories', 'type']",
+        ),
+        ({"type": "number", "min": 0, "max": 1, "unit": None}, "'site.unit' must be a string ('' when unitless)"),
+    ],
+)
+def test_bad_column_specs_name_the_schema_file_and_column(tmp_path, column, message):
+    """The column checks tests/test_tabular_data.py leaves out (a task's tabular_schemas/<task>.yaml)."""
+    config_path, params_path = write_project(tmp_path)
+    schema = config_path.parent / "tabular_schemas" / "breast-cancer.yaml"
+    schema.write_text(schema.read_text() + yaml.safe_dump({"site": column}))
+    with pytest.raises(ConfigError) as error:
+        ConfigurationManager(config_path, params_path, project_root=tmp_path)
+    assert f"tabular_schemas/breast-cancer.yaml: {message}" in str(error.value)
 
 
 def test_missing_key_is_named(project, tmp_path):
