@@ -1,6 +1,7 @@
 """Several images in one /predict request: one forward pass, the same answers as one by one."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from cancer_classifier.chest_ct.components.dataset import split_files
 @pytest.fixture(scope="module")
 def test_images(trained_project) -> list[bytes]:
     paths, _ = split_files(trained_project.data_ingestion().root_dir, "test")
-    return [open(path, "rb").read() for path in paths[:3]]
+    return [Path(path).read_bytes() for path in paths[:3]]
 
 
 def post_files(client, files: list[bytes]):
