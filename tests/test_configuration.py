@@ -102,6 +102,7 @@ VALUE_CHECKS = [
     ("params", "training.head.candidates", ["svm"], "a list of distinct names from ('logistic', 'mlp')"),
     ("params", "training.head.candidates", ["mlp", "mlp"], "a list of distinct names from ('logistic', 'mlp')"),
     ("params", "training.head.candidates", [], "a list of distinct names from ('logistic', 'mlp')"),
+    ("params", "training.head.candidates", [["logistic"]], "a list of distinct names from ('logistic', 'mlp')"),
     ("params", "training.head.logistic_c", [], "a list of positive numbers"),
     ("params", "training.head.logistic_c", [0.1, True], "a list of positive numbers"),
     ("params", "training.head.cv_folds", 1, "at least 2"),

@@ -326,7 +326,7 @@ class ConfigurationManager:
             "learning_rate": POSITIVE,
             "early_stopping_patience": at_least(1),
             "head.candidates": Check(
-                lambda _: bool(names) and set(names) <= set(HEADS) and len(set(names)) == len(names),
+                lambda _: bool(names) and all(n in HEADS for n in names) and len(set(names)) == len(names),
                 f"a list of distinct names from {HEADS}",
             ),
             "head.logistic_c": Check(  # only the logistic head uses them
