@@ -107,8 +107,9 @@ def test_a_killed_worker_is_replaced_and_only_its_request_fails(served, upload):
         server.stop()
     failed = [r for r in during if r.status != 200]
     print(f"\nkilled worker: {len(failed)} of {len(during)} requests failed; replaced in {replaced_in:.1f} s")
-    # A sync worker holds one request at a time: at most the one it was answering is lost.
-    assert len(failed) <= 1, failed
+    # A worker's threads may hold both clients' requests (one predicting, one waiting for its slot):
+    # those in flight when it dies are lost, no other.
+    assert len(failed) <= 2, failed
     assert all(r.started <= killed_at <= r.ended for r in failed), (killed_at, failed)
     assert victim not in after_kill and len(after_kill) == 2
     assert f"Worker (pid:{victim}) was sent SIGKILL" in log
