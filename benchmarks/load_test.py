@@ -13,15 +13,13 @@ import ipaddress
 import socket
 import statistics
 import time
-import urllib.error
-import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
+from tests.support import multipart, post
 from tqdm import tqdm
 
 from cancer_classifier.chest_ct.components.synthetic import phantom
@@ -40,31 +38,10 @@ def default_image() -> bytes:
     return buffer.getvalue()
 
 
-def multipart(image: bytes, filename: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 def send(url: str, body: bytes, content_type: str, timeout: float) -> tuple[float, int]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        status = error.code
-    except OSError:
-        status = 0  # connection refused, reset or timed out
-    return time.perf_counter() - started, status
+    """(seconds, status) of one POST; status 0 when there was no answer."""
+    reply = post(url, body, content_type, timeout)
+    return reply.seconds, reply.status
 
 
 def main() -> None:
@@ -77,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     url = loopback_only(args.url.rstrip("/")) + "/predict"
     image = args.image.read_bytes() if args.image else default_image()
-    body, content_type = multipart(image, args.image.name if args.image else "phantom.png")
+    body, content_type = multipart((args.image.name if args.image else "phantom.png", image))
     send(url, body, content_type, 60)  # warm-up, not counted
 
     results: list[tuple[float, int]] = []

@@ -3,7 +3,7 @@ time goes.
 
 In-process: every variant of the frozen base (``scoring.VARIANTS``: TensorFlow or OpenVINO, float32 or
 mixed_bfloat16) through ``scoring.Scorer`` on decoded 512x512 slices: images/s at batch 1 and 16, p50 latency
-at batch 1, and the speed-up over TensorFlow at the same precision. HTTP: a real gunicorn (``soak.Gunicorn``,
+at batch 1, and the speed-up over TensorFlow at the same precision. HTTP: a real gunicorn (``tests.support.Gunicorn``,
 1 worker) on loopback; the variant it serves is read from its /predict reply. One 512x512 PNG per request, one
 request at a time: p50/p99, and the HTTP p50 over the in-process batch-1 p50 of the served variant, measured in
 alternating rounds; then the app's Server-Timing split of one request, and the worker's peak RSS (VmHWM).
@@ -15,12 +15,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import statistics
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+from tests.support import Gunicorn, multipart, post, predict
 from tqdm import tqdm
 
 from benchmarks.harness import (
@@ -39,11 +36,10 @@ from benchmarks.harness import (
     child_env,
     fmt,
     gflops_per_s,
-    tail,
     target,
 )
 from benchmarks.load_test import loopback_only, send
-from benchmarks.soak import Gunicorn, get_json, percentiles
+from benchmarks.soak import percentiles
 
 if TYPE_CHECKING:  # TensorFlow loads only where a step needs it
     import keras
@@ -143,41 +139,20 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def multipart(files: list[bytes]) -> tuple[bytes, str]:
-    """A multipart body with one ``file`` field per image, as a browser form with several files sends."""
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slice{i}.png"\r\n'
-        "Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
-        for i, data in enumerate(files)
-    ]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def wait_ready(server: Gunicorn, seconds: float) -> dict:
-    """/ready's answer once it is 200; raises if gunicorn exits or the time runs out first."""
-    deadline, answer = time.monotonic() + seconds, {}
-    while time.monotonic() < deadline and server.process.poll() is None:
-        status, answer = get_json(f"{server.url}/ready", 5)  # 503 while loading, with the reason
-        if status == 200:
-            return answer
-        time.sleep(1)
-    if server.process.poll() is not None:
-        raise StepFailed(f"gunicorn exited with {server.process.returncode}; end of {server.log}:\n{tail(server.log)}")
-    raise StepFailed(f"{server.url}/ready did not answer 200 within {seconds:.0f} s; its last answer: {answer}; "
-                     f"end of {server.log}:\n{tail(server.log)}")
-
-
 @contextlib.contextmanager
 def gunicorn(project: Path, log: Path) -> Iterator[Gunicorn]:
-    """gunicorn as in production (``soak.Gunicorn``), one worker, on a free loopback port, once /ready is 200."""
-    env = child_env()  # only what it adds: Gunicorn leaves MLFLOW_TRACKING_URI out and sets HOST, PORT, workers
+    """gunicorn as in production (``tests.support.Gunicorn``), one worker, on a free loopback port, once
+    /ready is 200."""
+    env = child_env()  # only what it adds: Gunicorn leaves MLFLOW_* out and sets HOST, PORT, workers
     env = {key: env[key] for key in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
     server = Gunicorn(project, workers=1, env=env, log=log)
     try:
-        server.start(300)
+        try:
+            server.start(300)
+            server.wait_ready(300)
+        except (RuntimeError, TimeoutError) as error:  # the message ends with the end of its log
+            raise StepFailed(str(error)) from None
         loopback_only(server.url)
-        wait_ready(server, 300)
         yield server
     finally:
         server.stop()
@@ -197,13 +172,10 @@ def worker_peak_rss_mb(server: Gunicorn) -> float | None:
 
 def predict_reply(url: str, files: list[bytes]) -> dict:
     """/predict's JSON reply to one request carrying ``files``; raises StepFailed on an error."""
-    body, content_type = multipart(files)
-    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type})
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise StepFailed(f"/predict with {len(files)} file(s) answered {error.code}: {error.read()[:500]!r}") from None
+        return predict(url, [(f"slice{i}.png", data) for i, data in enumerate(files)])
+    except RuntimeError as error:
+        raise StepFailed(str(error)) from None
 
 
 def served_variant(reply: dict) -> dict:
@@ -245,13 +217,11 @@ def server_split(url: str, files: list[bytes], requests: int) -> dict[str, float
     body, content_type = multipart(files)
     parts: dict[str, list[float]] = {}
     for _ in range(requests):
-        request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type})
-        started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=300) as response:
-            response.read()
-            timing = response.headers.get("Server-Timing", "")
-        parts.setdefault("client", []).append(1000 * (time.perf_counter() - started))
-        for item in filter(None, timing.split(", ")):
+        reply = post(f"{url}/predict", body, content_type, 300)
+        if reply.status != 200:
+            raise StepFailed(f"/predict answered {reply.status}: {reply.body[:500]!r}")
+        parts.setdefault("client", []).append(1000 * reply.seconds)
+        for item in filter(None, reply.headers.get("Server-Timing", "").split(", ")):
             name, _, milliseconds = item.partition(";dur=")
             parts.setdefault(name, []).append(float(milliseconds))
     return {name: statistics.median(values) for name, values in parts.items()}

@@ -20,35 +20,26 @@ import argparse
 import contextlib
 import http.client
 import itertools
-import json
 import os
-import re
 import select
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tests.support import REPO, SHARED, Gunicorn, children, multipart
 from tqdm import tqdm
 
-from benchmarks.load_test import default_image, loopback_only, multipart, send
+from benchmarks.load_test import default_image, loopback_only, send
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LISTENING = re.compile(r"Listening at: (http://127\.0\.0\.1:\d+)")
-LOADED_WORKER = re.compile(r'^model_loaded\{pid="(\d+)"\} 1\.0$', re.MULTILINE)
 MEMORY_GROWTH_LIMIT = 0.10  # the issue's target: no worker grows by more than 10% after warm-up
 
 
@@ -85,7 +76,7 @@ def ct_images(limit: int) -> list[tuple[str, bytes]]:
 
 
 def good_uploads(limit: int) -> list[Upload]:
-    return [Upload(name, *multipart(data, name), 200) for name, data in ct_images(limit)]
+    return [Upload(name, *multipart((name, data)), 200) for name, data in ct_images(limit)]
 
 
 def bad_uploads(max_upload_bytes: int) -> list[Upload]:
@@ -93,10 +84,10 @@ def bad_uploads(max_upload_bytes: int) -> list[Upload]:
     image = default_image()  # a PNG, whatever the shared data holds
     truncated = image[: max(len(PNG_MAGIC) + 16, len(image) // 3)]
     return [
-        Upload("bad: empty file", *multipart(b"", "empty.png"), 400),
-        Upload("bad: truncated PNG", *multipart(truncated, "truncated.png"), 400),
-        Upload("bad: text file", *multipart(b"not an image, just text\n" * 20, "notes.png"), 415),
-        Upload("bad: oversize upload", *multipart(b"\0" * (max_upload_bytes + 1024), "huge.png"), 413, True),
+        Upload("bad: empty file", *multipart(("empty.png", b"")), 400),
+        Upload("bad: truncated PNG", *multipart(("truncated.png", truncated)), 400),
+        Upload("bad: text file", *multipart(("notes.png", b"not an image, just text\n" * 20)), 415),
+        Upload("bad: oversize upload", *multipart(("huge.png", b"\0" * (max_upload_bytes + 1024))), 413, True),
         Upload("bad: wrong content type", image, "text/plain", 415),
     ]
 
@@ -108,24 +99,7 @@ def request_mix(good: list[Upload], bad: list[Upload], bad_every: int) -> Iterat
         yield next(bads) if bad and number % bad_every == 0 else next(goods)
 
 
-# -- gunicorn and its workers -------------------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    """Child pids of ``pid``: gunicorn's workers when ``pid`` is its master.
-
-    /proc/<pid>/task/*/children needs CONFIG_PROC_CHILDREN, which not every kernel has; scanning
-    every /proc/<n>/stat for its parent pid works everywhere.
-    """
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
-        except (OSError, IndexError):
-            continue  # the process ended while we looked
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return sorted(found)
+# -- sampling memory ----------------------------------------------------------------------
 
 
 def rss_kib(pid: int) -> int | None:
@@ -137,119 +111,6 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         pass
     return None
-
-
-def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
-    """(status, body); status 0 when the server did not answer at all."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-    except OSError:
-        return 0, b""
-
-
-def get_json(url: str, timeout: float = 10) -> tuple[int, dict]:
-    status, body = http_get(url, timeout)
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, {}
-
-
-def loaded_workers(url: str) -> set[int]:
-    """Pids of the workers whose model is loaded, from /metrics' per-worker model_loaded gauge."""
-    status, body = http_get(f"{url}/metrics")
-    return {int(pid) for pid in LOADED_WORKER.findall(body.decode())} if status == 200 else set()
-
-
-def wait_until(condition: Callable[[], object], seconds: float, interval: float = 0.5) -> object:
-    """The first truthy value of ``condition()`` within ``seconds``, else None."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value or time.monotonic() >= deadline:
-            return value or None
-        time.sleep(interval)
-
-
-class Gunicorn:
-    """``gunicorn app:app -c gunicorn.conf.py`` in a project folder, on a free port of 127.0.0.1.
-
-    Port 0 lets the kernel choose (no race between finding a free port and binding it); the URL
-    is read from the "Listening at" line of gunicorn's log, kept in a file for the caller to read.
-    """
-
-    def __init__(self, project: Path, workers: int = 2, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> None:
-        self.project = Path(project)
-        self.log = log or Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
-        self.env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # local model unless asked
-        self.env |= {"HOST": "127.0.0.1", "PORT": "0", "WEB_CONCURRENCY": str(workers)} | (env or {})
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self, seconds: float = 60) -> Gunicorn:
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--pythonpath", str(REPO), "-c", str(REPO / "gunicorn.conf.py"),
-                 "app:app"],
-                cwd=self.project, env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
-        found = wait_until(lambda: LISTENING.search(self.log_text()) or self.process.poll() is not None, seconds)
-        if not isinstance(found, re.Match):
-            self.stop()
-            raise RuntimeError(f"gunicorn did not start listening within {seconds} s:\n{self.log_text()[-3000:]}")
-        self.url = found.group(1)
-        return self
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # graceful: workers finish their request
-        try:
-            self.process.wait(40)
-        except subprocess.TimeoutExpired:
-            for pid in self.workers():
-                os.kill(pid, signal.SIGKILL)
-            self.process.kill()
-            self.process.wait(10)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def workers(self) -> list[int]:
-        return children(self.pid)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def boots(self) -> int:
-        """How many workers the master has started so far (a crash loop makes this climb)."""
-        return self.log_text().count("Booting worker with pid")
-
-    def wait_loaded(self, workers: int, seconds: float) -> set[int]:
-        """Until ``workers`` live workers have loaded the model; their pids."""
-        def ready() -> set[int]:
-            loaded = loaded_workers(self.url) & set(self.workers())
-            return loaded if len(loaded) >= workers else set()
-
-        loaded = wait_until(ready, seconds, interval=1)
-        if not loaded:
-            tail = self.log_text()[-3000:]
-            raise TimeoutError(f"{workers} worker(s) did not load the model within {seconds} s:\n{tail}")
-        return loaded
-
-    def __enter__(self) -> Gunicorn:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-# -- sampling memory ----------------------------------------------------------------------
 
 
 @dataclass
@@ -491,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         summary = soak(loopback_only(args.url.rstrip("/")), args.master_pid, args)
     else:
-        with Gunicorn(args.project, args.workers) as server:
+        log = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
+        with Gunicorn(args.project, args.workers, log=log) as server:
             server.wait_loaded(args.workers, args.boot_seconds)
             print(f"gunicorn {server.pid} on {server.url}, {args.workers} workers; log: {server.log}")
             summary = soak(server.url, server.pid, args)

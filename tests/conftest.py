@@ -1,21 +1,20 @@
-"""Shared fixtures: small configs in tmp folders, a tiny trained pipeline, and the shared real data."""
+"""Shared fixtures: small configs in tmp folders, a tiny trained pipeline, and the shared real data.
 
-import copy
+The project writer, the gunicorn launcher and the HTTP helpers are in tests/support.py (the benchmarks
+use them too); REPO, SHARED, merge and write_project are importable from here as well.
+"""
+
 import dataclasses
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cancer_classifier.config import ConfigurationManager
+from tests.support import REPO, SHARED, merge, write_project
 
-REPO = Path(__file__).resolve().parents[1]
-# One setting finds the read-only real data (chest CT, DICOM, pretrained weights).
-SHARED = Path(os.environ.get("CANCER_CLASSIFIER_SHARED", REPO.parent / "shared")).resolve()
-STAGE_DIRS = ("data_ingestion", "prepare_base_model", "features", "training", "evaluation", "register")
+__all__ = ["REPO", "SHARED", "TINY_PARAMS", "merge", "run_pipeline", "shared_path", "write_project"]
 
 # Small enough for seconds on two CPU cores, large enough to learn the phantoms.
 TINY_PARAMS = {
@@ -35,40 +34,6 @@ def shared_path(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found: set CANCER_CLASSIFIER_SHARED to the shared data folder")
     return path
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) and key in merged else value
-    return merged
-
-
-def write_project(root: Path, config: dict | None = None, params: dict | None = None) -> tuple[Path, Path]:
-    """The repo's config.yaml and params.yaml with overrides, every output under ``root``.
-
-    They land where the ConfigurationManager looks by default (``config/config.yaml`` and
-    ``params.yaml``), so a process started in ``root`` (gunicorn, dvc) finds them too.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    base_config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    for stage in STAGE_DIRS:
-        base_config[stage]["root_dir"] = str(root / "artifacts" / stage)
-    base_config["evaluation"]["scores_file"] = str(root / "scores.json")
-    base_config["serving"]["model_dir"] = str(root / "artifacts/training")
-    base_config["serving"]["registration_file"] = str(root / "artifacts/register/registration.json")
-    base_config["tracking"] |= {
-        "tracking_uri": f"sqlite:///{root}/mlflow.db",
-        "artifact_location": str(root / "mlruns"),
-    }
-    config_path, params_path = root / "config" / "config.yaml", root / "params.yaml"
-    config_path.parent.mkdir(exist_ok=True)
-    config_path.write_text(yaml.safe_dump(merge(base_config, config or {})))
-    # the tabular tasks' column schemas: a dependency of their stages, beside config.yaml
-    shutil.copytree(REPO / "config/tabular_schemas", config_path.parent / "tabular_schemas", dirs_exist_ok=True)
-    base_params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params_path.write_text(yaml.safe_dump(merge(base_params, params or {})))
-    return config_path, params_path
 
 
 @pytest.fixture(autouse=True)

@@ -3,19 +3,14 @@ for the same files (``predictions.csv``): the project's promise that its numbers
 people use. Shared by the tests of the tiny model, the default demo and the real four-class model."""
 
 import csv
-import json
-import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from benchmarks.load_test import multipart
-from benchmarks.soak import Gunicorn, get_json
 
 from cancer_classifier.chest_ct.scoring import REFERENCE, VARIANTS, Variant
 from cancer_classifier.chest_ct.serving.predictor import admitted_variants
-from tests.conftest import merge, write_project
+from tests.support import Gunicorn, predict, serving_copy
 
 # The issue's parity rule: median and largest probability difference, share of equal labels.
 MEDIAN_TOLERANCE, MAX_TOLERANCE, SAME_LABEL_RATE = 0.005, 0.05, 0.97
@@ -65,12 +60,7 @@ def expected_variant(setting: str, servable: list[str]) -> str:
 def serve_artifacts(trained_root: Path, root: Path, setting: str, params: dict) -> Path:
     """A project folder serving ``trained_root``'s model with ``serving.engine/precision`` forced to ``setting``."""
     engine, precision = setting.split("/")
-    forced = {"serving": {"engine": engine, "precision": precision}}
-    write_project(root, forced, merge(params, {"tabular": {"enabled": []}}))
-    for stage in ("training", "evaluation", "register"):  # copy2 keeps mtimes: the registration stays valid
-        if (trained_root / "artifacts" / stage).is_dir():
-            shutil.copytree(trained_root / "artifacts" / stage, root / "artifacts" / stage)
-    return root
+    return serving_copy(trained_root, root, {"serving": {"engine": engine, "precision": precision}}, params)
 
 
 def evaluated(evaluation_dir: Path, split: str) -> dict[str, dict[str, dict]]:
@@ -83,24 +73,15 @@ def evaluated(evaluation_dir: Path, split: str) -> dict[str, dict[str, dict]]:
     return rows
 
 
-def post_file(url: str, data: bytes, name: str) -> dict:
-    body, content_type = multipart(data, name)
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
-    with urllib.request.urlopen(request, timeout=120) as response:  # an error status raises: the test fails
-        return json.loads(response.read())
-
-
 def served_parity(project: Path, data_dir: Path, split: str = "test") -> Parity:
     """Every image of ``split`` uploaded once to gunicorn serving ``project``, compared file by file."""
     expected = evaluated(project / "artifacts/evaluation", split)
     files = sorted(next(iter(expected.values())))
-    server = Gunicorn(project, workers=1, log=project / "gunicorn.log").start(seconds=180)
-    try:
-        status, ready = get_json(f"{server.url}/ready", timeout=120)
-        assert status == 200, ready
+    with Gunicorn(project) as server:
+        server.wait_ready(300)
         differences, same, ood, variant = [], [], [], None
         for name in files:
-            reply = post_file(f"{server.url}/predict", (data_dir / "images" / name).read_bytes(), name)
+            reply = predict(server.url, (name, (data_dir / "images" / name).read_bytes()))
             variant = f"{reply['model']['engine']}/{reply['model']['precision']}"  # what the app says it served
             row = expected[variant][name]
             probabilities = np.array([reply["probabilities"][c] for c in reply["probabilities"]])
@@ -108,7 +89,5 @@ def served_parity(project: Path, data_dir: Path, split: str = "test") -> Parity:
             differences.append(np.abs(probabilities - reference).max())
             same.append(reply["label"] == row["predicted"])
             ood.append(str(reply["in_distribution"]) == row["in_distribution"])
-    finally:
-        server.stop()
     return Parity(variant, len(files), float(np.median(differences)), float(np.max(differences)),
                   float(np.mean(same)), float(np.mean(ood)))

@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
-from tests.parity import Gunicorn, get_json, post_file
+from tests.support import REPO, Gunicorn, predict
 
 # What deploy/dvc/pull-model.sh must bring (the app's files), and must not (the data, the features).
 SERVED = ("artifacts/training", "artifacts/evaluation", "artifacts/register") + tuple(
@@ -33,10 +32,8 @@ def digests(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
 def answers(project: Path, images: dict[str, bytes], check: dict | None = None) -> tuple[dict, list[dict]]:
     """/ready and the /predict reply for each image, from gunicorn serving ``project``; with
     ``check`` (version, sha256), deploy/ec2/check-model.py must also find that model served."""
-    server = Gunicorn(project, workers=1, log=project / "gunicorn.log").start(seconds=180)
-    try:
-        status, ready = get_json(f"{server.url}/ready", timeout=120)
-        assert status == 200, ready
+    with Gunicorn(project) as server:
+        ready = server.wait_ready(300)
         if check:
             script = [sys.executable, str(REPO / "deploy/ec2/check-model.py"), server.url]
             options = ["--version", check["version"], "--sha256", check["sha256"]]
@@ -44,6 +41,4 @@ def answers(project: Path, images: dict[str, bytes], check: dict | None = None) 
             assert result.returncode == 0, result.stderr
             wrong = subprocess.run(script + options[:3] + ["0" * 64], capture_output=True, text=True, timeout=60)
             assert wrong.returncode == 1 and "expected 000000000000" in wrong.stderr, wrong.stderr
-        return ready, [post_file(f"{server.url}/predict", data, name) for name, data in images.items()]
-    finally:
-        server.stop()
+        return ready, [predict(server.url, (name, data)) for name, data in images.items()]

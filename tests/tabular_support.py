@@ -10,7 +10,7 @@ from cancer_classifier.tabular.components.evaluation import TabularEvaluation
 from cancer_classifier.tabular.components.ingestion import TabularIngestion
 from cancer_classifier.tabular.components.registry import TabularRegistry
 from cancer_classifier.tabular.components.training import TabularTraining
-from tests.conftest import SHARED, merge, write_project
+from tests.support import SHARED, merge, write_project
 
 COLORECTAL = SHARED / "data/colorectal/colorectal_cancer_dataset.csv"
 FAST = {"evaluation": {"cv_folds": 3, "bootstrap_resamples": 100}}

@@ -2,15 +2,15 @@
 
 import csv
 import io
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cancer_classifier.core.io import load_json
+from tests.conftest import TINY_PARAMS
+from tests.support import serving_copy
 
 COMMAND = [sys.executable, "-m", "cancer_classifier.cli"]
 
@@ -21,15 +21,9 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def reference_project(trained_project, tmp_path_factory) -> Path:
-    """The tiny trained project's files, serving the reference variant, as the ``app`` fixture does."""
-    root = tmp_path_factory.mktemp("cli")
-    config = yaml.safe_load((trained_project.config_path).read_text())
-    config["serving"] |= {"engine": "tensorflow", "precision": "float32"}
-    (root / "config").mkdir()
-    (root / "config/config.yaml").write_text(yaml.safe_dump(config))
-    (root / "params.yaml").write_text(trained_project.params_path.read_text())
-    shutil.copytree(trained_project.config_path.parent / "tabular_schemas", root / "config/tabular_schemas")
-    return root
+    """A copy of the tiny trained project serving the reference variant, as the ``app`` fixture does."""
+    reference = {"serving": {"engine": "tensorflow", "precision": "float32"}}
+    return serving_copy(trained_project.root, tmp_path_factory.mktemp("cli"), reference, TINY_PARAMS)
 
 
 def test_predict_writes_what_the_app_answers_for_each_file(reference_project, trained_project, client, tmp_path):

@@ -32,9 +32,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tests.test_serving_faults import BOOT_SECONDS, serve, served_copy
-from tests.test_serving_faults import get_json as get_json_from
-from tests.test_serving_faults import multipart as multipart_one
+from tests.support import Gunicorn, get_json, multipart, post
+from tests.test_serving_faults import BOOT_SECONDS, served_copy
 
 MEMORY_LIMIT_MB = 600  # the target: no single request raises the worker's peak by more
 HEALTH_SECONDS = 5  # /health must answer within this while slow clients hold threads
@@ -43,16 +42,6 @@ READ_TIMEOUT = 3  # serving.read_timeout_seconds for the server under test
 
 
 # -- the corpus --------------------------------------------------------------------------------
-
-
-def multipart(files: list[bytes]) -> tuple[bytes, str]:
-    boundary = "hostile-boundary-7f3a"
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f{i}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
-        for i, data in enumerate(files)
-    )
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def png(mode: str, size: tuple[int, int], fill=0) -> bytes:
@@ -191,26 +180,6 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def post(url: str, body: bytes, content_type: str, timeout: float = 120) -> tuple[int, dict, float]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    except OSError:
-        status, raw = 0, b""
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        payload = {}
-    return status, payload, time.monotonic() - started
-
-
 @dataclass
 class Answer:
     case: Case
@@ -224,14 +193,11 @@ class Answer:
 def server(trained_project, tmp_path_factory):
     config = {"serving": {"read_timeout_seconds": READ_TIMEOUT}}
     root = served_copy(trained_project, tmp_path_factory.mktemp("hostile"), config=config)
-    gunicorn = serve(root, workers=1, env={"GUNICORN_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "GUNICORN_THREADS": "4"})
-    try:
-        gunicorn.start()
+    env = {"GUNICORN_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "GUNICORN_THREADS": "4"}
+    with Gunicorn(root, workers=1, env=env) as gunicorn:
         (worker,) = gunicorn.wait_loaded(1, BOOT_SECONDS)
         gunicorn.worker = worker
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +206,9 @@ def answers(server) -> list[Answer]:
     for case in corpus():
         reset_peak(worker)
         before = status_kib(worker, "VmRSS")
-        status, body, seconds = post(server.url + case.path, case.body, case.content_type)
+        reply = post(server.url + case.path, case.body, case.content_type)
         growth = (status_kib(worker, "VmHWM") - before) / 1024
-        found.append(Answer(case, status, body, seconds, growth))
+        found.append(Answer(case, reply.status, reply.json(), reply.seconds, growth))
     print("\nhostile corpus against gunicorn (1 worker, 4 threads):")
     for answer in found:
         print(f"  {answer.status}  {answer.seconds:5.2f} s  peak +{answer.growth_mb:6.1f} MB  {answer.case.name}")
@@ -267,15 +233,15 @@ def test_no_request_raises_the_workers_peak_memory_beyond_the_target(server, ans
 def test_the_worker_survives_the_corpus_and_still_serves(server, answers):
     assert server.workers() == [server.worker]
     assert "WORKER TIMEOUT" not in server.log_text() and "Traceback" not in server.log_text()
-    status, body = get_json_from(f"{server.url}/health")
+    status, body = get_json(f"{server.url}/health")
     assert status == 200 and body["status"] == "ok"
-    image = multipart_one(png("L", (96, 96), 80), "ok.png")
-    assert post(f"{server.url}/predict", *image)[0] == 200
+    image = multipart(("ok.png", png("L", (96, 96), 80)))
+    assert post(f"{server.url}/predict", *image).status == 200
 
 
 def test_no_absolute_server_path_in_health_or_ready(server):
     for path in ("/health", "/ready"):
-        status, body = get_json_from(server.url + path)
+        status, body = get_json(server.url + path)
         text = json.dumps(body)
         assert str(server.project) not in text and "/tmp/" not in text, text
 
@@ -322,7 +288,7 @@ def test_slow_header_and_slow_body_clients_do_not_starve_health(server):
         timings = []
         for _ in range(3):
             started = time.monotonic()
-            status, _ = get_json_from(f"{server.url}/health", timeout=HEALTH_SECONDS)
+            status, _ = get_json(f"{server.url}/health", timeout=HEALTH_SECONDS)
             timings.append((status, time.monotonic() - started))
             time.sleep(0.5)
         results = [future.result() for future in slow]

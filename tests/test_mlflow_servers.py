@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,18 +40,13 @@ from cancer_classifier.core.io import load_json
 from cancer_classifier.core.registration import ModelStore, alias_tag
 from cancer_classifier.core.tracking import connect
 from cancer_classifier.serving.app import create_app
-from tests.conftest import REPO, TINY_PARAMS, write_project
+from tests.conftest import TINY_PARAMS
+from tests.support import REPO, free_port, write_project
 
 pytestmark = pytest.mark.slow
 
 STAGE_SECONDS = 300
 OLD_MLFLOW = ("mlflow==2.9.2", "sqlalchemy<2.1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 90) -> None:

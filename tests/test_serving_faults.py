@@ -6,7 +6,6 @@ stops it in ``finally``; every load is bounded in request count and time.
 """
 
 import os
-import shutil
 import signal
 import socket
 import time
@@ -16,17 +15,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from benchmarks.load_test import default_image, multipart, send
-from benchmarks.soak import Gunicorn, get_json, wait_until
+from benchmarks.load_test import default_image
 
-from tests.conftest import TINY_PARAMS, merge, write_project
+from tests.conftest import TINY_PARAMS
+from tests.support import Gunicorn, free_port, get_json, multipart, post, serving_copy, wait_until
 
 BOOT_SECONDS = 120  # TensorFlow and the model load in every worker: seconds each on 2 busy cores
 # serving/app.py's default for how often a missing model is looked for again. gunicorn's app:app
 # calls create_app() without settings, so there is no way to change it there.
 MODEL_RETRY_SECONDS = 30
-# The tabular tasks are not trained in the tiny project: not required for /ready here.
-SERVED_PARAMS = merge(TINY_PARAMS, {"tabular": {"enabled": []}})
 
 
 @dataclass(frozen=True)
@@ -38,21 +35,19 @@ class Timed:
 
 def timed_send(url: str, body: bytes, content_type: str) -> Timed:
     started = time.monotonic()
-    _, status = send(f"{url}/predict", body, content_type, 60)
+    status = post(f"{url}/predict", body, content_type, 60).status
     return Timed(started, time.monotonic(), status)
 
 
 @pytest.fixture(scope="module")
 def upload() -> tuple[bytes, str]:
-    return multipart(default_image(), "phantom.png")
+    return multipart(("phantom.png", default_image()))
 
 
 def served_copy(trained_project, root: Path, damage: str | None = None, config: dict | None = None) -> Path:
     """A project folder of its own serving the tiny trained model, its model file ``missing`` or
     ``corrupt`` if asked (the missing one is kept beside it as model.keras.kept)."""
-    write_project(root, config, SERVED_PARAMS)
-    for stage in ("training", "evaluation", "register"):  # copy2 keeps mtimes: the registration stays valid
-        shutil.copytree(trained_project.root / "artifacts" / stage, root / "artifacts" / stage)
+    serving_copy(trained_project.root, root, config, TINY_PARAMS)
     model = root / "artifacts/training/model.keras"
     if damage == "missing":
         os.replace(model, model.with_name("model.keras.kept"))
@@ -66,18 +61,6 @@ def served(trained_project, tmp_path) -> Path:
     return served_copy(trained_project, tmp_path / "served")
 
 
-def serve(project: Path, workers: int, env: dict[str, str] | None = None) -> Gunicorn:
-    """gunicorn for ``project`` (not started yet), its log kept in the project folder."""
-    return Gunicorn(project, workers, env, log=project / "gunicorn.log")
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: bound once by us, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def health_ok(url: str) -> bool:
     return get_json(f"{url}/health", timeout=5)[0] == 200
 
@@ -86,7 +69,7 @@ def health_ok(url: str) -> bool:
 
 
 def test_a_killed_worker_is_replaced_and_only_its_request_fails(served, upload):
-    server = serve(served, workers=2)
+    server = Gunicorn(served, workers=2)
     try:
         server.start()
         before = server.wait_loaded(2, BOOT_SECONDS)
@@ -147,7 +130,7 @@ def observe_start(start: Start, upload: tuple[bytes, str], started: float) -> No
     start.health_seconds = time.monotonic() - started
     start.workers = start.server.workers()
     start.ready = get_json(f"{url}/ready")
-    start.predict = [send(f"{url}/predict", *upload, 30)[1] for _ in range(3)]
+    start.predict = [post(f"{url}/predict", *upload, 30).status for _ in range(3)]
 
 
 def observe_later(start: Start, since: float, until_ready: bool) -> None:
@@ -167,10 +150,10 @@ def observe_later(start: Start, since: float, until_ready: bool) -> None:
 
 @pytest.fixture(scope="module")
 def starts(trained_project, tmp_path_factory, upload) -> dict[str, Start]:
-    unreachable = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"} | BOUNDED_MLFLOW_CLIENT
+    unreachable = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"} | BOUNDED_MLFLOW_CLIENT
     damages = {"missing": ("missing", {}), "corrupt": ("corrupt", {}), "mlflow-unreachable": (None, unreachable)}
     starts = {
-        name: Start(serve(served_copy(trained_project, tmp_path_factory.mktemp(name), damage), 1, env))
+        name: Start(Gunicorn(served_copy(trained_project, tmp_path_factory.mktemp(name), damage), 1, env))
         for name, (damage, env) in damages.items()
     }
     try:
@@ -238,7 +221,7 @@ def test_unreachable_mlflow_fails_fast_with_bounded_client_retries(starts):
 
 @pytest.mark.slow
 def test_unreachable_mlflow_with_the_servers_default_settings_answers_health_within_a_minute(served):
-    server = serve(served, workers=1, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
+    server = Gunicorn(served, workers=1, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
     try:
         server.start()
         answered = wait_until(lambda: health_ok(server.url), 60, 1)
@@ -291,7 +274,7 @@ def stall(trained_project, tmp_path_factory, upload) -> Stall:
     # The app's read timeout below gunicorn's worker timeout, as config.yaml advises.
     config = {"serving": {"read_timeout_seconds": STALL_TIMEOUT / 2}}
     root = served_copy(trained_project, tmp_path_factory.mktemp("stall"), config=config)
-    server = serve(root, workers=2, env={"GUNICORN_TIMEOUT": str(STALL_TIMEOUT)})
+    server = Gunicorn(root, workers=2, env={"GUNICORN_TIMEOUT": str(STALL_TIMEOUT)})
     try:
         server.start()
         before = sorted(server.wait_loaded(2, BOOT_SECONDS))

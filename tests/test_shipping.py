@@ -33,9 +33,9 @@ import yaml
 from docker.utils.build import PatternMatcher
 
 from cancer_classifier.core.io import sha256_file
-from tests.conftest import REPO, TINY_PARAMS, merge
+from tests.conftest import TINY_PARAMS
+from tests.support import REPO, Gunicorn, free_port, merge
 from tests.tabular_support import run_task, tabular_project
-from tests.test_browser import free_port, wait_ready
 
 BIN = Path(sys.executable).parent  # the tools requirements.txt installs: hadolint, actionlint, ...
 DEV_ONLY = {  # requirements.txt lines the image leaves out: tests and lint only
@@ -459,17 +459,11 @@ def test_image_entry_command_serves_its_model_on_loopback(image, tmp_path):
     assert Path(origin.stdout.strip()).is_relative_to(app_dir / "src"), origin.stdout + origin.stderr
     assert not (app_dir / "artifacts/data_ingestion").exists()  # the model's files only, never the data
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | image_env
-    env |= {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}  # loopback only
     command = json.loads(next(a for i, a in stage_instructions("registry") if i == "CMD"))
-    log = tmp_path / "gunicorn.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=app_dir, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, 120)
-        ready = json.load(urllib.request.urlopen(f"{url}/ready", timeout=10))
+    # The image's own command in its /app, on loopback only (HOST 127.0.0.1, a free port), one worker.
+    with Gunicorn(app_dir, workers=1, env=image_env, command=command, log=tmp_path / "gunicorn.log") as server:
+        ready = server.wait_ready(120)
+        url, env = server.url, server.env | {"PORT": str(server.port)}  # the port the probes read
         registration = json.loads((app_dir / "artifacts/register/registration.json").read_text())
         assert ready["model"]["source"] == "local" and ready["model"]["demo"] is True  # synthetic data, both
         assert ready["model"]["version"] == str(registration["version"])  # the baked, registered model
@@ -482,10 +476,7 @@ def test_image_entry_command_serves_its_model_on_loopback(image, tmp_path):
         assert run(*check, cwd=app_dir, env=env).returncode == 0, "the image's HEALTHCHECK fails"
         assert run("probe", "/ready", cwd=app_dir, env=env).returncode == 0
         assert run("probe", "/ready", cwd=app_dir, env=env | {"PORT": str(free_port())}).returncode == 1
-    finally:
-        process.terminate()
-        process.wait(60)
-    assert process.returncode == 0, log.read_text()[-3000:]
+    assert server.returncode == 0, server.log_tail()  # a graceful stop
 
 
 # -- docker-compose.yml ------------------------------------------------------------------------------
