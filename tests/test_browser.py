@@ -6,40 +6,17 @@ Needs Debian's chromium and chromium-driver (`.ci/run` installs them); skips wit
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, shared_path
+from tests.conftest import shared_path
+from tests.support import Gunicorn
 from tests.tabular_support import COLORECTAL, run_task, tabular_project
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 DISPLAY_NAMES = ("Adenocarcinoma", "Normal")  # config.yaml's serving.class_names for the tiny model's classes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/ready", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url}/ready did not answer 200 within {seconds} s")
 
 
 @pytest.fixture(scope="module")
@@ -54,22 +31,11 @@ def tabular_models(trained_project, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(trained_project, tabular_models):
+def server(trained_project, tabular_models, tmp_path_factory):
     """gunicorn, as in production, serving the tiny trained project (chest CT and tabular tasks) on loopback."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--pythonpath", str(REPO), "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
-        cwd=trained_project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, 120)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
+    with Gunicorn(trained_project.root, log=tmp_path_factory.mktemp("browser-server") / "gunicorn.log") as gunicorn:
+        gunicorn.wait_ready(120)
+        yield gunicorn.url
 
 
 @pytest.fixture
