@@ -48,11 +48,12 @@ RUN grep -v -E '^(-e |(pytest|import-linter|grimp|selenium|ruff|actionlint-kjana
     && grep -E '^kfp==' requirements.txt > requirements-kfp.txt \
     && pip install --no-cache-dir --no-deps -r requirements-kfp.txt
 
-# The project as a wheel (not editable), unpacked into /app/src: serving finds templates/ and static/
-# three folders above the package (src/cancer_classifier/serving/app.py), as in the repository, so the
-# package must sit at /app/src/cancer_classifier for /app/templates to be found.
-COPY pyproject.toml README.md ./
+# The project as a wheel (not editable), unpacked into /app/src: the code, and the page's templates/
+# and static/ as its package data (setup.py), so the image needs no other copy of them.
+COPY pyproject.toml setup.py README.md ./
 COPY src/ src/
+COPY templates/ templates/
+COPY static/ static/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /build/wheels . \
     && pip install --no-cache-dir --no-deps --target /app/src /build/wheels/*.whl
 
@@ -82,8 +83,6 @@ WORKDIR /app
 COPY --from=builder /app/src src/
 COPY app.py gunicorn.conf.py main.py params.yaml ./
 COPY config/ config/
-COPY templates/ templates/
-COPY static/ static/
 COPY --chmod=0755 deploy/docker/probe.py /usr/local/bin/probe
 
 # The code stays root-owned and read-only. The pipeline (compose trainer, Kubeflow) writes artifacts/

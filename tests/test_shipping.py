@@ -389,10 +389,12 @@ def lay_out_image(context: Path, root: Path, target: str) -> tuple[Path, dict]:
 
 
 def install_project_wheel(root: Path, target: Path) -> None:
-    """The builder's last step: the project (this checkout's src/) as a wheel, unpacked into /app/src."""
+    """The builder's last step: the project, from the files the builder copies, as a wheel unpacked into /app/src."""
     build = root / "build"
+    copied = [source for instruction, arguments in stage_instructions("builder") if instruction == "COPY"
+              for source in flags_and_words(arguments)[1][:-1]]
     for file in context_files(REPO):
-        if file in ("pyproject.toml", "README.md") or file.startswith("src/"):
+        if any(file == source or (source.endswith("/") and file.startswith(source)) for source in copied):
             (build / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / file, build / file)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
@@ -448,7 +450,7 @@ def test_the_demo_and_pulled_targets_copy_the_same_serving_files():
 
 def test_image_entry_command_serves_its_model_on_loopback(image, tmp_path):
     target, app_dir, image_env = image
-    # Served from the image's own copy of the package, so templates/ and static/ are those of /app.
+    # Served from the image's own copy of the package, templates/ and static/ included (package data).
     origin = run(
         sys.executable,
         "-c",
@@ -469,7 +471,9 @@ def test_image_entry_command_serves_its_model_on_loopback(image, tmp_path):
         assert ready["model"]["version"] == str(registration["version"])  # the baked, registered model
         for task in yaml.safe_load((app_dir / "params.yaml").read_text())["tabular"]["enabled"]:  # the wildcard COPY
             assert (app_dir / "artifacts/tabular" / task / "training").is_dir() and ready["tasks"][task]["loaded"]
-        assert urllib.request.urlopen(f"{url}/", timeout=10).status == 200  # the page, from /app/templates
+        assert not (app_dir / "templates").exists()
+        assert urllib.request.urlopen(f"{url}/", timeout=10).status == 200  # the page, from the package's data
+        assert urllib.request.urlopen(f"{url}/static/fetch.js", timeout=10).status == 200
         assert urllib.request.urlopen(f"{url}/model-card", timeout=10).status == 200
         health = next(a for i, a in stage_instructions("registry") if i == "HEALTHCHECK")
         check = json.loads(health.split("CMD", 1)[1])

@@ -1,17 +1,26 @@
 """Where the project is, and every environment variable the package reads: in one place.
 
 The project folder (config/config.yaml, params.yaml, artifacts/) is the working directory: `dvc repro`,
-gunicorn and the `cancer-classifier` command all run in it. The page's templates and static files
-ship beside the package's source checkout (templates/, static/ at its top level).
+gunicorn and the `cancer-classifier` command all run in it. The page's templates/ and static/ sit at
+the checkout's top level and ship inside the package when it is built (setup.py).
 """
 
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/cancer_classifier
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/cancer_classifier in a checkout
 CHECKOUT_DIR = PACKAGE_DIR.parents[1]  # the repository (or the image's /app) holding src/
-TEMPLATES_DIR = CHECKOUT_DIR / "templates"
-STATIC_DIR = CHECKOUT_DIR / "static"
+
+
+def page_folder(name: str) -> Path:
+    """The page's ``templates`` or ``static``: the package's own copy when installed from a wheel (the
+    image), else the checkout's top-level folder (a source checkout or an editable install)."""
+    shipped = PACKAGE_DIR / name
+    return shipped if shipped.is_dir() else CHECKOUT_DIR / name
+
+
+TEMPLATES_DIR = page_folder("templates")
+STATIC_DIR = page_folder("static")
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: a server means registry mode
 THREADS_ENV = "TF_NUM_INTRAOP_THREADS"  # threads per worker (gunicorn.conf.py divides the cores)
