@@ -73,6 +73,11 @@ def test_tracking_uri_comes_from_environment_when_set(project, monkeypatch):
             {},
             "config.yaml: 'serving.class_names' must be a mapping of class names to non-empty display names",
         ),
+        (  # two classes shown alike on the page could not be told apart
+            {"serving": {"class_names": {"adenocarcinoma": "normal"}}},
+            {},
+            "config.yaml: 'serving.class_names' must be a mapping of class names to non-empty display names, no two alike",
+        ),
         ({}, {"data": {"classes": ["normal", ["adenocarcinoma"]]}}, "'data.classes' must be a list of at least two"),
     ],
 )

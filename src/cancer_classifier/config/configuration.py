@@ -424,8 +424,9 @@ class ConfigurationManager:
         self._check_config("serving", {
             "max_upload_mb": POSITIVE,
             "class_names": Check(
-                lambda names: all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in names.items()),
-                "a mapping of class names to non-empty display names",
+                lambda names: all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in names.items())
+                and len({v.strip().casefold() for v in names.values()}) == len(names),
+                "a mapping of class names to non-empty display names, no two alike",
             ),
             "dicom_window.width": POSITIVE,
             "precision": one_of(PRECISIONS),
