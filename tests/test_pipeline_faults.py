@@ -68,23 +68,23 @@ def run_entry_point(root: Path, stage: str) -> subprocess.CompletedProcess:
 def kill_while_writing(root: Path, stage: str, component: str, pause_after: str) -> list[Path]:
     """Start ``stage``, SIGKILL it once it has written ``pause_after`` into its staging folder;
     return the staging folders it was writing (as they are at the kill)."""
-    process = subprocess.Popen(
+    with subprocess.Popen(  # on exit, closes its stdout pipe
         [sys.executable, "-c", PAUSING_STAGE, stage, component, pause_after],
         cwd=root, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        deadline = time.monotonic() + STAGE_SECONDS
-        while time.monotonic() < deadline and process.poll() is None:
-            if select.select([process.stdout], [], [], 1)[0] and process.stdout.readline().strip() == PAUSED:
-                break
-        assert process.poll() is None, f"{stage} ended (exit {process.returncode}) before it paused"
-        staging = sorted((root / "artifacts").glob(f".{stage}.*.partial"))
-        process.kill()
-        process.wait(30)
-    finally:
-        if process.poll() is None:
+    ) as process:
+        try:
+            deadline = time.monotonic() + STAGE_SECONDS
+            while time.monotonic() < deadline and process.poll() is None:
+                if select.select([process.stdout], [], [], 1)[0] and process.stdout.readline().strip() == PAUSED:
+                    break
+            assert process.poll() is None, f"{stage} ended (exit {process.returncode}) before it paused"
+            staging = sorted((root / "artifacts").glob(f".{stage}.*.partial"))
             process.kill()
             process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
     return staging
 
 
@@ -170,22 +170,22 @@ def test_dvc_repro_killed_during_training_leaves_nothing_half_written_and_repro_
     # As tests/test_dvc_pipeline.run does: the copy's code, and `python` in dvc.yaml is this interpreter.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = stage_env() | {"PYTHONPATH": str(repo_copy / "src"), "PATH": path}
-    process = subprocess.Popen(  # its own process group: the kill takes dvc and the stage it runs
+    with subprocess.Popen(  # its own process group: the kill takes dvc and the stage it runs
         ["dvc", "repro"], cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
-    )
-    try:
-        seen = ""
-        deadline = time.monotonic() + STAGE_SECONDS
-        # killed once the first head candidate is cross-validated: training is under way, not written
-        mark = "cross-validated ROC-AUC"
-        while mark not in seen and time.monotonic() < deadline and process.poll() is None:
-            if select.select([process.stdout], [], [], 1)[0]:
-                seen += process.stdout.readline()
-        assert "Running stage 'training'" in seen and mark in seen, seen[-3000:]
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(30)
+    ) as process:
+        try:
+            seen = ""
+            deadline = time.monotonic() + STAGE_SECONDS
+            # killed once the first head candidate is cross-validated: training is under way, not written
+            mark = "cross-validated ROC-AUC"
+            while mark not in seen and time.monotonic() < deadline and process.poll() is None:
+                if select.select([process.stdout], [], [], 1)[0]:
+                    seen += process.stdout.readline()
+            assert "Running stage 'training'" in seen and mark in seen, seen[-3000:]
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
     artifacts = repo_copy / "artifacts"
     assert not (artifacts / "training").exists() and (artifacts / "features/features_info.json").is_file()
 
