@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 import venv
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from cancer_classifier.core.registration import ModelStore, alias_tag
 from cancer_classifier.core.tracking import connect
 from cancer_classifier.serving.app import create_app
 from tests.conftest import TINY_PARAMS
-from tests.support import REPO, free_port, write_project
+from tests.support import free_port, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,8 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 90) -> N
     while time.monotonic() < deadline:
         assert process.poll() is None, f"the server at {url} exited ({process.returncode})"
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
     raise AssertionError(f"no server at {url} after {seconds} s")
@@ -64,8 +64,9 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 90) -> N
 @contextmanager
 def running(command: list[str], url: str, env: dict | None = None, cwd: Path | None = None) -> Iterator[str]:
     """A server process in its own process group, stopped (with its workers) on exit."""
-    log = open(Path(cwd or REPO.parent) / f"server-{url.rsplit(':', 1)[1]}.log", "w") if cwd else subprocess.DEVNULL
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True)
+    log = Path(cwd) / f"server-{url.rsplit(':', 1)[1]}.log" if cwd else None
+    with open(log, "w") if log else nullcontext(subprocess.DEVNULL) as out:  # the server has its own copy
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
     try:
         wait_until_up(url, process)
         yield url
@@ -434,7 +435,7 @@ def test_a_crafted_model_artifact_does_not_run_code_in_the_app(trained_copy, tmp
     uri = f"sqlite:///{project.root}/registry.db"
     assert project.register(uri).returncode == 0
     marker = tmp_path / "pwned"
-    writes_marker = eval(f"lambda x: x * len(open({str(marker)!r}, 'w').name)")  # the code the file would carry
+    writes_marker = eval(f"lambda x: x * (open({str(marker)!r}, 'w').close() or 1)")  # the code the file would carry
     payload = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(writes_marker)])
     (model_file,) = project.root.glob("mlruns/**/artifacts/serving/model.keras")
     payload.save(model_file)
