@@ -14,22 +14,32 @@
     504: "The server took too long to answer; try again in a moment.",
   };
 
+  // The longest wait for a reply: an upload may take config.yaml's body_deadline_seconds (90) and
+  // predict_wait_seconds (60) before the prediction itself; past this the page says so, never spins.
+  const TIMEOUT_SECONDS = 180;
+
   function statusMessage(status) {
     return (STATUS_MESSAGES[status] || "The server could not answer.") + " (HTTP " + status + ")";
   }
 
+  // options: fetch's, plus timeoutSeconds (default TIMEOUT_SECONDS) for the whole reply.
   async function fetchJson(url, options) {
-    const headers = Object.assign({ Accept: "application/json" }, options && options.headers);
+    const { timeoutSeconds = TIMEOUT_SECONDS, ...init } = options || {};
+    init.headers = Object.assign({ Accept: "application/json" }, init.headers);
+    init.signal = AbortSignal.timeout(timeoutSeconds * 1000);
+    const timedOut = (error) => error.name === "TimeoutError";
+    const noAnswer = new Error("The server did not answer within " + timeoutSeconds + " s; try again.");
     let response;
     try {
-      response = await fetch(url, Object.assign({}, options, { headers: headers }));
+      response = await fetch(url, init);
     } catch (error) {
-      throw new Error("Could not reach the server: " + error.message);
+      throw timedOut(error) ? noAnswer : new Error("Could not reach the server: " + error.message);
     }
     let body = null;
     try {
       body = await response.json();
-    } catch (ignored) {
+    } catch (error) {
+      if (timedOut(error)) throw noAnswer;
       body = null; // e.g. a proxy's HTML error page
     }
     if (!response.ok) {

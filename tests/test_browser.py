@@ -6,6 +6,7 @@ Needs Debian's chromium and chromium-driver (`.ci/run` installs them); skips wit
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,27 @@ def test_the_fetch_helper_turns_each_failure_into_one_message(server, browser, u
     answer = browser.execute_async_script(FETCH, url)
     assert expected.lower() in answer.get("error", "").lower(), answer
     assert browser.execute_async_script(FETCH, "/health")["body"]["status"] == "ok"
+
+
+# window.fetch replaced by one that never answers: it only ends when the caller's signal aborts it.
+SILENT_FETCH = """
+window.fetch = function (url, init) {
+  return new Promise(function (resolve, reject) {
+    init.signal.addEventListener("abort", function () { reject(init.signal.reason); });
+  });
+};
+"""
+
+
+def test_the_fetch_helper_gives_up_on_a_server_that_never_answers(server, browser):
+    """A server that says nothing (the page's CSP allows only its own origin, so the silence is played by
+    fetch itself): one message once the timeout passes, not a spinner forever."""
+    browser.get(server)
+    browser.execute_script(SILENT_FETCH)
+    started = time.monotonic()
+    answer = browser.execute_async_script(FETCH.replace("(arguments[0])", "(arguments[0], {timeoutSeconds: 1})"), "/")
+    assert answer == {"error": "The server did not answer within 1 s; try again."}
+    assert 1 <= time.monotonic() - started < 10
 
 
 # window.fetch replaced by one that holds each request until the test answers it with a Response.
